@@ -1,0 +1,1 @@
+"""inception_jax: the Inception family of image classifiers in JAX/Flax."""

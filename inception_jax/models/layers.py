@@ -1,0 +1,380 @@
+"""Building blocks shared by every model family.
+
+The Inception papers were implemented in TF (DistBelief, TF-slim, Keras) and later ported to PyTorch
+(torchvision, timm). The ports differ in small conventions that change the numbers: 'SAME' vs explicit
+padding, ceil-mode pooling, whether an average pool counts padded cells, whether BatchNorm has a scale.
+Every block here takes those conventions as arguments, so one model definition can reproduce any peer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Dtype = Any
+# 'SAME' and 'VALID' follow TensorFlow; an int p pads p cells on every side (PyTorch's `padding=p`); a pair
+# (ph, pw) pads per axis; explicit ((top, bottom), (left, right)) is passed through.
+Padding = str | int | Sequence[int] | Sequence[tuple[int, int]]
+
+# Flax BatchNorm momentum is the weight of the old running value: PyTorch's momentum=0.1 is 0.9 here.
+DEFAULT_BN_MOMENTUM = 0.99
+INCEPTION_BN_EPSILON = 1e-3
+
+# He-normal (fan-in) init for convolutions followed by ReLU; timm and torchvision's newer models use the
+# same family. Presets may swap it for TF-slim's truncated normal.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal')
+dense_kernel_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+  if isinstance(v, int):
+    return (v, v)
+  a, b = v
+  return (int(a), int(b))
+
+
+def resolve_padding(padding: Padding) -> str | tuple[tuple[int, int], tuple[int, int]]:
+  """Turns the accepted padding spellings into what `lax` takes: a string or per-axis (low, high)."""
+  if isinstance(padding, str):
+    p = padding.upper()
+    if p not in ('SAME', 'VALID'):
+      raise ValueError(f"padding must be 'SAME', 'VALID', an int or per-axis pairs; got {padding!r}")
+    return p
+  if isinstance(padding, int):
+    return ((padding, padding), (padding, padding))
+  padding = tuple(padding)
+  if len(padding) == 2 and all(isinstance(p, int) for p in padding):
+    return ((padding[0], padding[0]), (padding[1], padding[1]))
+  (t, b), (l, r) = padding
+  return ((int(t), int(b)), (int(l), int(r)))
+
+
+class ConvBN(nn.Module):
+  """Convolution, optional BatchNorm, optional activation: the unit every Inception network is built from.
+
+  With `use_bn` the convolution has no bias (BN's offset replaces it), as in TF-slim, Keras and torchvision.
+  `bn_scale=False` drops BN's gamma, as Keras' Inception models do (a following ReLU makes it redundant).
+  """
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: Padding = 'SAME'
+  use_bn: bool = True
+  use_bias: bool | None = None
+  bn_scale: bool = True
+  bn_epsilon: float = INCEPTION_BN_EPSILON
+  bn_momentum: float = DEFAULT_BN_MOMENTUM
+  activation: Callable[[jax.Array], jax.Array] | None = nn.relu
+  feature_group_count: int = 1
+  kernel_init: Callable = conv_kernel_init
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    use_bias = (not self.use_bn) if self.use_bias is None else self.use_bias
+    x = nn.Conv(
+        self.features,
+        _pair(self.kernel_size),
+        strides=_pair(self.strides),
+        padding=resolve_padding(self.padding),
+        use_bias=use_bias,
+        feature_group_count=self.feature_group_count,
+        kernel_init=self.kernel_init,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name='conv',
+    )(x)
+    if self.use_bn:
+      x = batch_norm(self, train, name='bn')(x)
+    if self.activation is not None:
+      x = self.activation(x)
+    return x
+
+
+def batch_norm(cfg: Any, train: bool, name: str = 'bn') -> nn.BatchNorm:
+  """BatchNorm configured from a module's bn_* fields. Statistics stay in float32 under any compute dtype."""
+  return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=cfg.bn_momentum,
+      epsilon=cfg.bn_epsilon,
+      use_scale=cfg.bn_scale,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      name=name,
+  )
+
+
+class SeparableConv(nn.Module):
+  """Depthwise k×k then pointwise 1×1, with an optional activation between them (Xception §4.7)."""
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  padding: Padding = 'SAME'
+  use_bias: bool = False
+  mid_activation: Callable[[jax.Array], jax.Array] | None = None
+  kernel_init: Callable = conv_kernel_init
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    in_features = x.shape[-1]
+    x = nn.Conv(in_features, _pair(self.kernel_size), strides=_pair(self.strides),
+                padding=resolve_padding(self.padding), feature_group_count=in_features,
+                use_bias=self.use_bias, kernel_init=self.kernel_init, dtype=self.dtype,
+                param_dtype=self.param_dtype, name='depthwise')(x)
+    if self.mid_activation is not None:
+      x = self.mid_activation(x)
+    return nn.Conv(self.features, (1, 1), use_bias=self.use_bias, kernel_init=self.kernel_init,
+                   dtype=self.dtype, param_dtype=self.param_dtype, name='pointwise')(x)
+
+
+def _pool_padding(size: int, window: int, stride: int, pad: tuple[int, int],
+                  ceil_mode: bool) -> tuple[int, int]:
+  """PyTorch's ceil_mode: add right padding so a last partial window is kept, unless it starts in padding."""
+  if not ceil_mode:
+    return pad
+  lo, hi = pad
+  span = size + lo + hi - window
+  out = -(-span // stride) + 1
+  if (out - 1) * stride >= size + lo:
+    out -= 1
+  return (lo, max(hi, (out - 1) * stride + window - size - lo))
+
+
+def _explicit_pool_padding(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
+                           padding: Padding, ceil_mode: bool):
+  pad = resolve_padding(padding)
+  if isinstance(pad, str):
+    if ceil_mode:
+      raise ValueError('ceil_mode applies to explicit (PyTorch-style) padding, not to SAME/VALID')
+    return pad
+  return tuple(_pool_padding(x.shape[1 + i], window[i], strides[i], pad[i], ceil_mode) for i in range(2))
+
+
+def max_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[int] | None = None,
+             padding: Padding = 'VALID', ceil_mode: bool = False) -> jax.Array:
+  """Max pooling over NHWC; padded cells never win (they are -inf)."""
+  window = _pair(window)
+  strides = window if strides is None else _pair(strides)
+  pad = _explicit_pool_padding(x, window, strides, padding, ceil_mode)
+  if not isinstance(pad, str):
+    pad = ((0, 0),) + tuple(pad) + ((0, 0),)
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1,) + window + (1,), (1,) + strides + (1,), pad)
+
+
+def avg_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[int] | None = None,
+             padding: Padding = 'VALID', count_include_pad: bool = False,
+             ceil_mode: bool = False) -> jax.Array:
+  """Average pooling over NHWC.
+
+  `count_include_pad=False` is TensorFlow's 'SAME' (and timm's Inception-v4) behaviour: the mean is over the
+  real cells only. PyTorch's `avg_pool2d` default, used by torchvision's Inception-v3, counts zeros of the
+  padding, which matters at the borders when converting its weights.
+  """
+  window = _pair(window)
+  strides = window if strides is None else _pair(strides)
+  pad = _explicit_pool_padding(x, window, strides, padding, ceil_mode)
+  dims, step = (1,) + window + (1,), (1,) + strides + (1,)
+  if not isinstance(pad, str):
+    pad = ((0, 0),) + tuple(pad) + ((0, 0),)
+  total = lax.reduce_window(x, jnp.zeros((), x.dtype), lax.add, dims, step, pad)
+  if count_include_pad and not isinstance(pad, str):
+    return total / math.prod(window)
+  if pad == 'VALID':
+    return total / math.prod(window)
+  ones = jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype)
+  counts = lax.reduce_window(ones, jnp.zeros((), x.dtype), lax.add, dims, step, pad)
+  return total / counts
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: int | Sequence[int]) -> jax.Array:
+  """PyTorch's adaptive_avg_pool2d: bin i spans [floor(i*H/o), ceil((i+1)*H/o)), bins may overlap."""
+  oh, ow = _pair(output_size)
+  h, w = x.shape[1:3]
+  if (h, w) == (oh, ow):
+    return x
+  if h % oh == 0 and w % ow == 0:
+    return avg_pool(x, (h // oh, w // ow))
+
+  def bins(n, o):
+    return [(i * n // o, -(-(i + 1) * n // o)) for i in range(o)]
+
+  rows = [jnp.mean(x[:, a:b], axis=1, keepdims=True) for a, b in bins(h, oh)]
+  x = jnp.concatenate(rows, axis=1)
+  cols = [jnp.mean(x[:, :, a:b], axis=2, keepdims=True) for a, b in bins(w, ow)]
+  return jnp.concatenate(cols, axis=2)
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+  return jnp.mean(x, axis=(1, 2))
+
+
+def local_response_norm(x: jax.Array, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
+                        k: float = 1.0) -> jax.Array:
+  """Caffe's across-channel LRN (GoogLeNet's): x / (k + alpha/size * sum of x² over `size` channels)^beta."""
+  sq = jnp.square(x.astype(jnp.float32))
+  half = size // 2
+  window_sum = lax.reduce_window(sq, 0.0, lax.add, (1, 1, 1, size), (1, 1, 1, 1),
+                                 ((0, 0), (0, 0), (0, 0), (half, size - 1 - half)))
+  return (x / jnp.power(k + (alpha / size) * window_sum, beta)).astype(x.dtype)
+
+
+class AuxHead(nn.Module):
+  """Auxiliary classifier attached to an intermediate grid.
+
+  One parametrisation covers the family:
+    GoogLeNet (paper):   avgpool 5/3 → 1×1 conv 128 → FC 1024 → ReLU → dropout 0.7 → FC
+    torchvision GoogLeNet: adaptive avgpool 4×4 → 1×1 ConvBN 128 → FC 1024 → ReLU → dropout 0.7 → FC
+    Inception-v3/v4/IRv2: avgpool 5/3 → 1×1 ConvBN 128 → 5×5 conv 768 ('BN-auxiliary' when it has BN) → FC
+  """
+  num_classes: int
+  pool_window: int = 5
+  pool_stride: int = 3
+  adaptive_pool: int | None = None   # torchvision GoogLeNet pools to a fixed 4×4 instead
+  pool_count_include_pad: bool = False
+  proj_features: int = 128
+  proj_bn: bool = True
+  hidden_features: int | None = None  # GoogLeNet's FC-1024
+  dropout_rate: float = 0.0
+  conv_features: int | None = None    # v3's 5×5 conv over the whole pooled map
+  conv_kernel: int = 5
+  conv_bn: bool = True
+  bn_scale: bool = True
+  bn_epsilon: float = INCEPTION_BN_EPSILON
+  bn_momentum: float = DEFAULT_BN_MOMENTUM
+  kernel_init: Callable = conv_kernel_init
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  def _conv(self, features, kernel, use_bn, name):
+    return ConvBN(features, kernel, padding='VALID', use_bn=use_bn, bn_scale=self.bn_scale,
+                  bn_epsilon=self.bn_epsilon, bn_momentum=self.bn_momentum,
+                  kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype,
+                  name=name)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    if self.adaptive_pool is not None:
+      x = adaptive_avg_pool(x, self.adaptive_pool)
+    else:
+      if min(x.shape[1:3]) < self.pool_window:
+        raise ValueError(f'{self.name}: the auxiliary head needs a grid of at least {self.pool_window}×'
+                         f'{self.pool_window}, got {x.shape[1]}×{x.shape[2]}; use a larger input or '
+                         'aux_logits=False')
+      x = avg_pool(x, self.pool_window, self.pool_stride, 'VALID')
+    x = self._conv(self.proj_features, 1, self.proj_bn, 'proj')(x, train)
+    if self.conv_features is not None:
+      # At the reference input size the 5×5 'conv' spans the whole pooled map: it is the head's fully
+      # connected layer. Larger inputs leave a bigger map, averaged as torchvision does.
+      # Below the reference size the pooled map is smaller than the kernel; like TF-slim, shrink the
+      # kernel to the map so the head still works on small inputs.
+      kernel = (min(self.conv_kernel, x.shape[1]), min(self.conv_kernel, x.shape[2]))
+      x = self._conv(self.conv_features, kernel, self.conv_bn, 'conv')(x, train)
+      x = global_avg_pool(x)
+    else:
+      x = x.reshape(x.shape[0], -1)
+    if self.hidden_features is not None:
+      x = nn.Dense(self.hidden_features, kernel_init=dense_kernel_init, dtype=self.dtype,
+                   param_dtype=self.param_dtype, name='fc1')(x)
+      x = nn.relu(x)
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return classifier(self, self.num_classes, name='fc')(x)
+
+
+def classifier(cfg: Any, num_classes: int, name: str = 'fc') -> nn.Dense:
+  """The final linear layer. Logits are computed in float32 whatever the compute dtype."""
+  return nn.Dense(num_classes, kernel_init=dense_kernel_init, dtype=jnp.float32,
+                  param_dtype=cfg.param_dtype, name=name)
+
+
+def check_input(x: jax.Array, min_size: int, model: str) -> None:
+  """Raises one clear error for inputs that are not NHWC images of at least `min_size` pixels."""
+  if x.ndim != 4:
+    raise ValueError(f'{model}: expected an NHWC batch of images (4 dimensions), got shape {x.shape}')
+  h, w = x.shape[1:3]
+  if min(h, w) < min_size:
+    raise ValueError(f'{model}: input {h}×{w} is smaller than the minimum {min_size}×{min_size} '
+                     'this architecture accepts')
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inception modules as data: a module is a tuple of branches run in parallel and concatenated on channels;
+# a branch is a chain of Conv / Pool steps and may end in a Fork of parallel tails (Inception-v3's expanded
+# 8×8 modules). Every family describes its modules with these three records.
+
+
+class Conv(NamedTuple):
+  name: str
+  features: int
+  kernel: int | tuple[int, int]
+  stride: int = 1
+  padding: Padding = 'SAME'
+
+
+class Pool(NamedTuple):
+  kind: str  # 'max' or 'avg'
+  window: int = 3
+  stride: int = 1
+  padding: Padding = 'SAME'
+  ceil_mode: bool = False
+
+
+class Fork(NamedTuple):
+  tails: tuple[tuple[Conv, ...], ...]
+
+
+Branch = tuple[Conv | Pool | Fork, ...]
+
+
+class Mixed(nn.Module):
+  """Parallel branches concatenated on the channel axis.
+
+  Attributes:
+    branches: the module's table, one tuple of steps per branch.
+    conv: the ConvBN factory carrying the family's BN/dtype/init conventions.
+    pool_count_include_pad: average-pool convention (see `avg_pool`).
+  """
+  branches: tuple[Branch, ...]
+  conv: Callable[..., nn.Module] = ConvBN
+  pool_count_include_pad: bool = False
+
+  def _step(self, step, x, train):
+    if isinstance(step, Conv):
+      return self.conv(step.features, step.kernel, strides=step.stride, padding=step.padding,
+                       name=step.name)(x, train)
+    if isinstance(step, Pool):
+      if step.kind == 'max':
+        return max_pool(x, step.window, step.stride, step.padding, step.ceil_mode)
+      return avg_pool(x, step.window, step.stride, step.padding, self.pool_count_include_pad,
+                      step.ceil_mode)
+    return jnp.concatenate([self._chain(tail, x, train) for tail in step.tails], axis=-1)
+
+  def _chain(self, steps, x, train):
+    for step in steps:
+      x = self._step(step, x, train)
+    return x
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    return jnp.concatenate([self._chain(b, x, train) for b in self.branches], axis=-1)
+
+
+def out_features(branches: tuple[Branch, ...], in_features: int) -> int:
+  """Channels a Mixed module produces from `in_features` channels (pool-only branches pass them through)."""
+
+  def chain(steps, c):
+    for s in steps:
+      if isinstance(s, Conv):
+        c = s.features
+      elif isinstance(s, Fork):
+        c = sum(chain(t, c) for t in s.tails)
+    return c
+
+  return sum(chain(b, in_features) for b in branches)
