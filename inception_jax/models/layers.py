@@ -14,6 +14,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Dtype = Any
@@ -176,7 +177,8 @@ def avg_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[
 
   `count_include_pad=False` is TensorFlow's 'SAME' (and timm's Inception-v4) behaviour: the mean is over the
   real cells only. PyTorch's `avg_pool2d` default, used by torchvision's Inception-v3, counts zeros of the
-  padding, which matters at the borders when converting its weights.
+  padding, which matters at the borders when converting its weights. The switch applies to 'SAME' and
+  explicit padding alike.
   """
   window = _pair(window)
   strides = window if strides is None else _pair(strides)
@@ -184,13 +186,11 @@ def avg_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[
   dims, step = (1,) + window + (1,), (1,) + strides + (1,)
   if not isinstance(pad, str):
     pad = ((0, 0),) + tuple(pad) + ((0, 0),)
-  total = lax.reduce_window(x, jnp.zeros((), x.dtype), lax.add, dims, step, pad)
-  if count_include_pad and not isinstance(pad, str):
-    return total / math.prod(window)
-  if pad == 'VALID':
+  total = lax.reduce_window(x, np.zeros((), x.dtype), lax.add, dims, step, pad)
+  if count_include_pad or pad == 'VALID':
     return total / math.prod(window)
   ones = jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype)
-  counts = lax.reduce_window(ones, jnp.zeros((), x.dtype), lax.add, dims, step, pad)
+  counts = lax.reduce_window(ones, np.zeros((), x.dtype), lax.add, dims, step, pad)
   return total / counts
 
 

@@ -1,0 +1,184 @@
+"""The model API every registered variant honours (DESIGN.md): shapes, gradients, aux heads, eval mode."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from inception_jax import models
+from inception_jax.models.blocks import block_of, block_structure
+
+CANONICAL = ['alexnet', 'bn_inception', 'googlenet', 'inception_resnet_v1', 'inception_resnet_v2',
+             'inception_v1', 'inception_v2', 'inception_v3', 'inception_v4', 'lenet', 'nin', 'vgg11',
+             'vgg16', 'xception']
+NUM_CLASSES = 7
+ALL = models.list_models()
+WITH_AUX = [n for n in ALL if models.model_info(n).num_aux_heads]
+
+
+def grouped(names):
+  """Keeps every real-pass test of a model on one pytest-xdist worker, so its program compiles once."""
+  return [pytest.param(n, marks=pytest.mark.xdist_group(n)) for n in names]
+
+
+def small_size(name):
+  """The smallest input at which every head of the model runs: keeps the real forward passes cheap."""
+  info = models.model_info(name)
+  return max(info.min_input_size, info.min_aux_input_size)
+
+
+def test_registry_lists_exactly_the_canonical_names_sorted():
+  assert models.list_models() == CANONICAL
+
+
+@pytest.mark.parametrize('alias,name', [('v1', 'inception_v1'), ('v2', 'inception_v2'),
+                                        ('v3', 'inception_v3'), ('v4', 'inception_v4')])
+def test_aliases(alias, name):
+  assert models.resolve_name(alias) == name
+  assert models.model_info(alias).name == name
+
+
+def test_unknown_name_lists_the_valid_ones():
+  with pytest.raises(ValueError, match='unknown model .inception_v9.*inception_v3.*xception'):
+    models.create_model('inception_v9')
+
+
+def test_unknown_option_is_a_value_error():
+  with pytest.raises(ValueError, match='inception_v3: invalid option'):
+    models.create_model('v3', no_such_option=1)
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_full_size_shapes(name):
+  info = models.model_info(name)
+  model = models.create_model(name, num_classes=NUM_CLASSES)
+  x = jax.ShapeDtypeStruct((2, info.input_size, info.input_size, 3), jnp.float32)
+  rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(1)}
+  variables = jax.eval_shape(lambda x: model.init(rngs, x), x)
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+  assert out.logits.shape == (2, NUM_CLASSES) and out.logits.dtype == jnp.float32
+  assert out.aux_logits == ()
+  out, _ = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=True, rngs=rngs, mutable=['batch_stats']), variables, x)
+  assert [a.shape for a in out.aux_logits] == [(2, NUM_CLASSES)] * info.num_aux_heads
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_input_below_minimum_is_a_clear_error_and_minimum_works(name):
+  info = models.model_info(name)
+  model = models.create_model(name, aux_logits=False)
+  lo = info.min_input_size
+  jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, lo, lo, 3))))
+  with pytest.raises(ValueError, match=f'smaller than the minimum {lo}×{lo}'):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, lo - 1, lo - 1, 3))))
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_aux_heads_run_at_the_advertised_minimum(name):
+  info = models.model_info(name)
+  size = info.min_aux_input_size
+  model = models.create_model(name)
+  rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(1)}
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(rngs, x, train=True), x)
+  out, _ = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=True, rngs=rngs, mutable=['batch_stats']), variables, x)
+  assert len(out.aux_logits) == info.num_aux_heads
+
+
+def test_compute_dtype_and_param_dtype():
+  x = jax.ShapeDtypeStruct((1, 107, 107, 3), jnp.float32)
+  model = models.create_model('v3', dtype=jnp.bfloat16)
+  v = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+  assert {a.dtype for a in jax.tree.leaves(v)} == {jnp.dtype('float32')}
+  assert jax.eval_shape(lambda v, x: model.apply(v, x), v, x).logits.dtype == jnp.float32
+  model = models.create_model('v3', param_dtype=jnp.bfloat16)
+  v = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+  assert {a.dtype for a in jax.tree.leaves(v['params'])} == {jnp.dtype('bfloat16')}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Real forward/backward passes at each model's smallest size. One vjp gives the gradient of every head's
+# loss separately; the tests below read them.
+
+
+@functools.lru_cache(maxsize=None)
+def run_model(name):
+  """One compiled program per model: init, per-head loss gradients (main first) from one training-mode
+  forward pass, and eval-mode logits for the batch and for its first example alone."""
+  size = small_size(name)
+  model = models.create_model(name, num_classes=NUM_CLASSES)
+  x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+  labels = jnp.array([1, 5])
+
+  @jax.jit
+  def run(x):
+    variables = model.init({'params': jax.random.key(1), 'dropout': jax.random.key(2)}, x, train=True)
+    params, state = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
+
+    def losses(params):
+      out, _ = model.apply({'params': params, **state}, x, train=True, rngs={'dropout': jax.random.key(3)},
+                           mutable=['batch_stats'])
+      heads = (out.logits,) + tuple(out.aux_logits)
+      return jnp.stack([optax.softmax_cross_entropy_with_integer_labels(h, labels).mean() for h in heads])
+
+    values, pullback = jax.vjp(losses, params)
+    per_head = jax.vmap(pullback)(jnp.eye(values.shape[0]))[0]
+    eval_batch = model.apply(variables, x, train=False)
+    eval_first = model.apply(variables, x[:1], train=False)
+    return values, per_head, eval_batch, eval_first
+
+  return size, run(x), run(x)[2]
+
+
+def block_norms(grads, head):
+  """Largest |gradient| per block for one head; and per leaf, to spot any parameter without gradient."""
+  per_block, per_leaf = {}, {}
+  for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    m = float(jnp.max(jnp.abs(g[head])))
+    per_leaf['/'.join(str(getattr(k, 'key', k)) for k in path)] = m
+    per_block[block_of(path)] = max(per_block.get(block_of(path), 0.0), m)
+  return per_block, per_leaf
+
+
+@pytest.mark.parametrize('name', grouped(ALL))
+def test_forward_backward_is_finite_and_every_parameter_gets_a_gradient(name):
+  _, (values, per_head, _, _), _ = run_model(name)
+  assert np.all(np.isfinite(values))
+  total = jax.tree.map(lambda g: g.sum(0), per_head)  # d(main + sum of aux)/dparams
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(total))
+  _, per_leaf = block_norms(jax.tree.map(lambda g: g[None], total), 0)
+  starved = [k for k, m in per_leaf.items() if m == 0.0]
+  assert not starved, f'parameters without gradient: {starved}'
+
+
+@pytest.mark.parametrize('name', grouped(WITH_AUX))
+def test_aux_head_gradient_reaches_upstream_blocks_only(name):
+  size, (_, per_head, _, _), _ = run_model(name)
+  structure = block_structure(models.create_model(name, num_classes=NUM_CLASSES), size)
+  heads = list(structure.aux_branch)
+  assert len(heads) == models.model_info(name).num_aux_heads
+  for i, head in enumerate(heads, start=1):
+    per_block, per_leaf = block_norms(per_head, i)
+    upstream = set(structure.upstream_of(head))
+    for leaf, m in per_leaf.items():
+      block = leaf.split('/')[0]
+      if block in upstream or block == head:
+        assert m > 0, f'{head} loss gives no gradient to {leaf}, which is upstream of its branch point'
+      else:
+        assert m == 0, f'{head} loss reaches {leaf}, downstream of its branch point or another head'
+  main_blocks, _ = block_norms(per_head, 0)
+  assert all(main_blocks[h] == 0 for h in heads), 'the main loss must not reach the aux heads'
+  assert all(main_blocks[b] > 0 for b in structure.trunk if b in main_blocks)
+
+
+@pytest.mark.parametrize('name', grouped(ALL))
+def test_eval_mode_is_deterministic_and_uses_running_statistics(name):
+  _, (_, _, out, first), again = run_model(name)
+  assert out.aux_logits == ()
+  np.testing.assert_array_equal(out.logits, again.logits)
+  # With running statistics an example's logits do not depend on the rest of the batch.
+  np.testing.assert_allclose(first.logits, out.logits[:1], rtol=1e-4, atol=1e-5)
