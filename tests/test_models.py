@@ -1,7 +1,5 @@
 """The model API every registered variant honours (DESIGN.md): shapes, gradients, aux heads, eval mode."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,10 +16,6 @@ NUM_CLASSES = 7
 ALL = models.list_models()
 WITH_AUX = [n for n in ALL if models.model_info(n).num_aux_heads]
 
-
-def grouped(names):
-  """Keeps every real-pass test of a model on one pytest-xdist worker, so its program compiles once."""
-  return [pytest.param(n, marks=pytest.mark.xdist_group(n)) for n in names]
 
 
 def small_size(name):
@@ -105,10 +99,10 @@ def test_compute_dtype_and_param_dtype():
 # loss separately; the tests below read them.
 
 
-@functools.lru_cache(maxsize=None)
 def run_model(name):
   """One compiled program per model: init, per-head loss gradients (main first) from one training-mode
-  forward pass, and eval-mode logits for the batch and for its first example alone."""
+  forward pass, and eval-mode logits for the batch (twice, with different dropout keys) and for its
+  first example alone."""
   size = small_size(name)
   model = models.create_model(name, num_classes=NUM_CLASSES)
   x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
@@ -127,11 +121,13 @@ def run_model(name):
 
     values, pullback = jax.vjp(losses, params)
     per_head = jax.vmap(pullback)(jnp.eye(values.shape[0]))[0]
-    eval_batch = model.apply(variables, x, train=False)
+    # Eval must ignore dropout keys: two different ones give the same logits.
+    eval_batch = model.apply(variables, x, train=False, rngs={'dropout': jax.random.key(4)})
+    eval_again = model.apply(variables, x, train=False, rngs={'dropout': jax.random.key(5)})
     eval_first = model.apply(variables, x[:1], train=False)
-    return values, per_head, eval_batch, eval_first
+    return values, per_head, eval_batch, eval_first, eval_again
 
-  return size, run(x), run(x)[2]
+  return size, run(x)
 
 
 def block_norms(grads, head):
@@ -144,9 +140,17 @@ def block_norms(grads, head):
   return per_block, per_leaf
 
 
-@pytest.mark.parametrize('name', grouped(ALL))
-def test_forward_backward_is_finite_and_every_parameter_gets_a_gradient(name):
-  _, (values, per_head, _, _), _ = run_model(name)
+@pytest.mark.parametrize('name', ALL)
+def test_real_passes(name):
+  """One compiled program per model (compiling dominates), checked for each property below."""
+  size, (values, per_head, out, first, again) = run_model(name)
+  check_forward_backward_is_finite_and_every_parameter_gets_a_gradient(values, per_head)
+  if name in WITH_AUX:
+    check_aux_head_gradient_reaches_upstream_blocks_only(name, size, per_head)
+  check_eval_mode_is_deterministic_and_uses_running_statistics(out, first, again)
+
+
+def check_forward_backward_is_finite_and_every_parameter_gets_a_gradient(values, per_head):
   assert np.all(np.isfinite(values))
   total = jax.tree.map(lambda g: g.sum(0), per_head)  # d(main + sum of aux)/dparams
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(total))
@@ -155,9 +159,7 @@ def test_forward_backward_is_finite_and_every_parameter_gets_a_gradient(name):
   assert not starved, f'parameters without gradient: {starved}'
 
 
-@pytest.mark.parametrize('name', grouped(WITH_AUX))
-def test_aux_head_gradient_reaches_upstream_blocks_only(name):
-  size, (_, per_head, _, _), _ = run_model(name)
+def check_aux_head_gradient_reaches_upstream_blocks_only(name, size, per_head):
   structure = block_structure(models.create_model(name, num_classes=NUM_CLASSES), size)
   heads = list(structure.aux_branch)
   assert len(heads) == models.model_info(name).num_aux_heads
@@ -175,9 +177,7 @@ def test_aux_head_gradient_reaches_upstream_blocks_only(name):
   assert all(main_blocks[b] > 0 for b in structure.trunk if b in main_blocks)
 
 
-@pytest.mark.parametrize('name', grouped(ALL))
-def test_eval_mode_is_deterministic_and_uses_running_statistics(name):
-  _, (_, _, out, first), again = run_model(name)
+def check_eval_mode_is_deterministic_and_uses_running_statistics(out, first, again):
   assert out.aux_logits == ()
   np.testing.assert_array_equal(out.logits, again.logits)
   # With running statistics an example's logits do not depend on the rest of the batch.

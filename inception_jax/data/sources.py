@@ -1,0 +1,285 @@
+"""Where examples come from: ImageNet (TFDS, manual download), Fashion-MNIST (Debian's IDX files, offline),
+an ImageFolder directory, any TFDS image-classification dataset by name.
+
+A source yields, per split and per process, a `tf.data.Dataset` of {'image', 'label'} in a fixed order,
+images either raw uint8 HWC or encoded bytes (decoded later, JPEG with a fused decode-and-crop).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import gzip
+import logging
+import os
+import random
+import struct
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+SPLITS = ('train', 'eval')
+FASHION_MNIST_DIRS = ('/usr/share/datasets/fashion-mnist',)
+FASHION_MNIST_FILES = {
+    'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
+    'eval': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
+}
+FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker',
+                         'Bag', 'Ankle boot')
+IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+VALID_SOURCES = ('fashion_mnist', 'imagenet2012', 'imagefolder:DIR', 'tfds:NAME (or a TFDS name)',
+                 'synthetic')
+
+
+@dataclasses.dataclass
+class Split:
+  """One process's shard of a split.
+
+  Attributes:
+    dataset: elements {'image': uint8 HWC or encoded bytes, 'label': int64}, in a fixed order.
+    num_examples: examples in this shard.
+    total_examples: examples in the whole split (all processes).
+    encoded: images are encoded bytes rather than pixels.
+  """
+  dataset: tf.data.Dataset
+  num_examples: int
+  total_examples: int
+  encoded: bool
+
+
+@dataclasses.dataclass
+class Source:
+  """A named dataset: its classes and a way to read each split's shard."""
+  name: str
+  num_classes: int
+  class_names: tuple[str, ...]
+  split_sizes: dict[str, int]
+  read: Callable[[str, int, int], Split] = dataclasses.field(repr=False)  # (split, index, count)
+
+  def split(self, split: str, process_index: int = 0, process_count: int = 1) -> Split:
+    if split not in SPLITS:
+      raise ValueError(f'unknown split {split!r}; valid: {", ".join(SPLITS)}')
+    return self.read(split, process_index, process_count)
+
+
+def _shard_range(n: int, index: int, count: int) -> tuple[int, int]:
+  """Contiguous, near-equal shards: process i gets [start, stop); sizes differ by at most one."""
+  return n * index // count, n * (index + 1) // count
+
+
+def _array_source(name, images, labels, class_names) -> Source:
+  """A source over in-memory arrays, {split: (uint8 [N, H, W, C], int [N])}."""
+
+  def read(split, index, count):
+    x, y = images[split], labels[split]
+    lo, hi = _shard_range(len(x), index, count)
+    ds = tf.data.Dataset.from_tensor_slices({'image': x[lo:hi], 'label': y[lo:hi].astype(np.int64)})
+    return Split(ds, hi - lo, len(x), encoded=False)
+
+  return Source(name, len(class_names), tuple(class_names), {s: len(images[s]) for s in SPLITS}, read)
+
+
+# --- Fashion-MNIST --------------------------------------------------------------------------------------
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads an IDX file (gzipped or not): the MNIST family's format, a magic, dims, then uint8 data."""
+  opener = gzip.open if path.endswith('.gz') else open
+  with opener(path, 'rb') as f:
+    raw = f.read()
+  if len(raw) < 4 or raw[:2] != b'\0\0' or raw[2] != 0x08:
+    raise ValueError(f'{path}: not an IDX file of unsigned bytes')
+  ndim = raw[3]
+  dims = struct.unpack(f'>{ndim}I', raw[4:4 + 4 * ndim])
+  data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+  if data.size != int(np.prod(dims)):
+    raise ValueError(f'{path}: truncated IDX file ({data.size} of {int(np.prod(dims))} values)')
+  return data.reshape(dims)
+
+
+def find_fashion_mnist(data_dir: str | None) -> str | None:
+  """The first directory holding all four Fashion-MNIST IDX files: `data_dir`, then Debian's location."""
+  names = [f for pair in FASHION_MNIST_FILES.values() for f in pair]
+  for d in ((data_dir,) if data_dir else ()) + FASHION_MNIST_DIRS:
+    for sub in (d, os.path.join(d, 'fashion-mnist'), os.path.join(d, 'fashion_mnist')):
+      if all(os.path.exists(os.path.join(sub, n)) for n in names):
+        return sub
+  return None
+
+
+def fashion_mnist(data_dir: str | None = None) -> Source:
+  """Fashion-MNIST from its original IDX files; TFDS's download when they are absent and the network is up."""
+  found = find_fashion_mnist(data_dir)
+  if found is None:
+    try:
+      return tfds_source('fashion_mnist', data_dir)
+    except ValueError as e:
+      places = ', '.join(((data_dir,) if data_dir else ()) + FASHION_MNIST_DIRS)
+      raise ValueError(f'Fashion-MNIST IDX files ({", ".join(FASHION_MNIST_FILES["train"])}, ...) not found '
+                       f'in {places}, and TFDS could not provide it ({e}); install Debian\'s '
+                       '`dataset-fashion-mnist` package or pass data_dir') from None
+  images, labels = {}, {}
+  for split, (img, lab) in FASHION_MNIST_FILES.items():
+    images[split] = read_idx(os.path.join(found, img))[..., None]
+    labels[split] = read_idx(os.path.join(found, lab))
+  return _array_source('fashion_mnist', images, labels, FASHION_MNIST_CLASSES)
+
+
+# --- ImageFolder ----------------------------------------------------------------------------------------
+
+
+def _class_files(root: str) -> dict[str, list[str]]:
+  classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+  out = {}
+  for c in classes:
+    files = []
+    for dirpath, _, names in os.walk(os.path.join(root, c)):
+      files += [os.path.join(dirpath, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+    out[c] = sorted(files)
+  return out
+
+
+def _readable(path: str) -> bool:
+  from PIL import Image  # only ImageFolder needs it
+  try:
+    with Image.open(path) as im:
+      im.verify()
+    return True
+  except Exception:  # PIL raises many types for bad files; all mean "cannot use it"
+    return False
+
+
+def _drop_unreadable(files: list[tuple[str, int]], root: str) -> list[tuple[str, int]]:
+  """Skips files that cannot be decoded; warns once with the count and the first name. Training goes on."""
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    ok = list(pool.map(_readable, [f for f, _ in files]))
+  bad = [f for (f, _), good in zip(files, ok) if not good]
+  if bad:
+    logging.warning('ImageFolder %s: skipping %d unreadable image(s), first: %s', root, len(bad), bad[0])
+  return [f for f, good in zip(files, ok) if good]
+
+
+def image_folder(root: str, holdout_fraction: float = 0.1, seed: int = 0) -> Source:
+  """A directory with one sub-folder per class (any depth below it, JPEG/PNG/BMP/GIF, any size).
+
+  If `root` has `train/` and `val/` (or `validation/`, `test/`) sub-folders, those are the splits;
+  otherwise `holdout_fraction` of each class (a fixed random choice) is held out for evaluation.
+  """
+  if not os.path.isdir(root):
+    raise ValueError(f'ImageFolder directory {root!r} does not exist')
+  eval_dir = next((d for d in ('val', 'validation', 'test') if os.path.isdir(os.path.join(root, d))), None)
+  if os.path.isdir(os.path.join(root, 'train')) and eval_dir:
+    per_split = {'train': _class_files(os.path.join(root, 'train')),
+                 'eval': _class_files(os.path.join(root, eval_dir))}
+    classes = sorted(per_split['train'])
+    if sorted(per_split['eval']) != classes:
+      raise ValueError(f'ImageFolder {root!r}: train/ and {eval_dir}/ have different class folders')
+    files = {s: [(f, i) for i, c in enumerate(classes) for f in per_split[s][c]] for s in SPLITS}
+  else:
+    if not 0.0 < holdout_fraction < 1.0:
+      raise ValueError(f'holdout_fraction must be in (0, 1), got {holdout_fraction}')
+    per_class = _class_files(root)
+    classes = sorted(per_class)
+    files = {'train': [], 'eval': []}
+    rng = random.Random(seed)
+    for i, c in enumerate(classes):
+      fs = list(per_class[c])
+      rng.shuffle(fs)
+      n_eval = int(round(len(fs) * holdout_fraction)) if len(fs) > 1 else 0
+      files['eval'] += [(f, i) for f in fs[:n_eval]]
+      files['train'] += [(f, i) for f in fs[n_eval:]]
+  if not classes or not files['train']:
+    raise ValueError(f'ImageFolder {root!r} has no images: expected one sub-folder per class holding '
+                     f'{"/".join(e[1:] for e in IMAGE_EXTENSIONS)} files')
+  files = {s: _drop_unreadable(sorted(files[s]), root) for s in SPLITS}
+
+  def read(split, index, count):
+    fs = files[split]
+    lo, hi = _shard_range(len(fs), index, count)
+    paths = [f for f, _ in fs[lo:hi]]
+    labels = np.array([y for _, y in fs[lo:hi]], np.int64)
+    ds = tf.data.Dataset.from_tensor_slices({'image': tf.constant(paths, tf.string), 'label': labels})
+    ds = ds.map(lambda ex: {'image': tf.io.read_file(ex['image']), 'label': ex['label']},
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return Split(ds, hi - lo, len(fs), encoded=True)
+
+  return Source(f'imagefolder:{root}', len(classes), tuple(classes), {s: len(files[s]) for s in SPLITS}, read)
+
+
+# --- TFDS -----------------------------------------------------------------------------------------------
+
+
+def _prepared_builder(name: str, data_dir: str | None, download_config=None):
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # TFDS raises DatasetNotFoundError and friends
+    raise ValueError(f'unknown dataset {name!r}; valid sources: {", ".join(VALID_SOURCES)} '
+                     f'({type(e).__name__})') from None
+  if not builder.is_prepared():
+    try:
+      builder.download_and_prepare(download_config=download_config)
+    except Exception as e:  # no network, missing manual files, ...
+      raise ValueError(f'TFDS dataset {name!r} is not prepared under {builder.data_dir} and could not be '
+                       f'prepared: {str(e).splitlines()[0] if str(e) else type(e).__name__}') from None
+  return builder
+
+
+def tfds_source(name: str, data_dir: str | None = None, download_config=None) -> Source:
+  """Any TFDS dataset with 'image' and 'label' features; eval reads 'validation', else 'test'."""
+  builder = _prepared_builder(name, data_dir, download_config)
+  features = builder.info.features
+  if 'image' not in features or 'label' not in features:
+    raise ValueError(f'TFDS dataset {name!r} has no image/label features (it has {", ".join(features)})')
+  splits = builder.info.splits
+  names = {'train': 'train', 'eval': 'validation' if 'validation' in splits else 'test'}
+  if 'train' not in splits or names['eval'] not in splits:
+    raise ValueError(f'TFDS dataset {name!r} needs a train and a validation or test split; it has '
+                     f'{", ".join(splits)}')
+  label = features['label']
+
+  def read(split, index, count):
+    shard = tfds.even_splits(names[split], n=count, drop_remainder=False)[index]
+    ds = builder.as_dataset(split=shard, shuffle_files=False,
+                            decoders={'image': tfds.decode.SkipDecoding()},
+                            read_config=tfds.ReadConfig(interleave_cycle_length=1))
+    ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']})
+    return Split(ds, splits[shard].num_examples, splits[names[split]].num_examples, encoded=True)
+
+  return Source(name, label.num_classes, tuple(label.names),
+                {s: splits[names[s]].num_examples for s in SPLITS}, read)
+
+
+def imagenet(data_dir: str | None = None, manual_dir: str | None = None) -> Source:
+  """ILSVRC2012 through TFDS `imagenet2012`, prepared once from the tars the user downloaded."""
+  builder = tfds.builder('imagenet2012', data_dir=data_dir)
+  if not builder.is_prepared():
+    manual_dir = manual_dir or os.path.join(builder.data_dir_root, 'downloads', 'manual')
+    missing = [t for t in IMAGENET_TARS if not os.path.exists(os.path.join(manual_dir, t))]
+    if missing:
+      raise ValueError(f'ImageNet is not prepared and {", ".join(missing)} is missing from {manual_dir}: '
+                       'download the ILSVRC2012 tars there (or pass manual_dir)')
+  return tfds_source('imagenet2012', data_dir,
+                     tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None)
+
+
+def create_source(name: str, data_dir: str | None = None, **options) -> Source:
+  """Opens a source by name: 'fashion_mnist', 'imagenet2012' (or 'imagenet'), 'imagefolder:DIR' (or
+  'imagefolder' with data_dir), 'tfds:NAME' or a bare TFDS dataset name. ('synthetic' is not a tf.data
+  source; see `pipeline.synthetic_batches`.)"""
+  if name == 'fashion_mnist':
+    return fashion_mnist(data_dir)
+  if name in ('imagenet', 'imagenet2012'):
+    return imagenet(data_dir, options.get('manual_dir'))
+  if name == 'imagefolder' or name.startswith('imagefolder:'):
+    root = name.partition(':')[2] or data_dir
+    if not root:
+      raise ValueError("imagefolder needs a directory: 'imagefolder:DIR' or data_dir")
+    return image_folder(root, options.get('holdout_fraction', 0.1))
+  if name.startswith('tfds:'):
+    name = name[len('tfds:'):]
+  if not name or name == 'synthetic' or name not in tfds.list_builders():
+    raise ValueError(f'unknown dataset {name!r}; valid sources: {", ".join(VALID_SOURCES)}')
+  return tfds_source(name, data_dir)

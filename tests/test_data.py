@@ -1,0 +1,313 @@
+"""Input pipelines: every source on tiny data made here (no network), preprocessing, exact evaluation,
+per-process sharding, determinism and resuming."""
+
+import gzip
+import io
+import logging
+import os
+import struct
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from inception_jax import data, models
+from inception_jax.data import preprocess, sources
+
+SPEC = data.ImageSpec(size=32, crop_pct=1.0)
+WHOLE = preprocess.TrainAugment(area_range=(1.0, 1.0), aspect_ratio_range=(1.0, 1.0), flip=False)
+
+
+def write_idx(path, array):
+  header = struct.pack('>BBBB', 0, 0, 0x08, array.ndim) + struct.pack(f'>{array.ndim}I', *array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fashion_dir(tmp_path):
+  """Fashion-MNIST-format IDX files whose image i is filled with the value 2*i (its identity)."""
+  for split, n in (('train', 40), ('eval', 13)):
+    images, labels = sources.FASHION_MNIST_FILES[split]
+    write_idx(tmp_path / images, np.stack([np.full((28, 28), 2 * i) for i in range(n)]))
+    write_idx(tmp_path / labels, np.arange(n) % 10)
+  return str(tmp_path)
+
+
+def identities(images):
+  """Recovers the example ids of constant images (value 2*i, normalised to [-1, 1])."""
+  values = (images[:, 0, 0, 0] + 1) / 2 * 255
+  return np.round(values / 2).astype(int).tolist()
+
+
+def write_image(path, size, mode='RGB', fmt=None, value=None):
+  rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
+  shape = (size[1], size[0]) + ((len(mode),) if mode != 'L' else ())
+  pixels = rng.integers(0, 256, shape, dtype=np.uint8) if value is None else np.full(shape, value, np.uint8)
+  Image.fromarray(pixels, mode).save(path, fmt)
+
+
+# --- sources --------------------------------------------------------------------------------------------
+
+
+def test_fashion_mnist_reads_idx_files_from_data_dir(fashion_dir):
+  src = data.create_source('fashion_mnist', fashion_dir)
+  assert (src.num_classes, src.split_sizes) == (10, {'train': 40, 'eval': 13})
+  assert src.class_names[0] == 'T-shirt/top' and src.class_names[9] == 'Ankle boot'
+
+
+def test_truncated_idx_file_is_a_clear_error(tmp_path):
+  path = tmp_path / 'x.gz'
+  write_idx(path, np.zeros((4, 28, 28)))
+  with gzip.open(path, 'rb') as f:
+    raw = f.read()
+  with gzip.open(path, 'wb') as f:
+    f.write(raw[:-100])
+  with pytest.raises(ValueError, match='truncated IDX file'):
+    sources.read_idx(str(path))
+
+
+def make_folder(root, classes=('cat', 'dog', 'emu'), per_class=5):
+  for c in classes:
+    os.makedirs(root / c / 'nested', exist_ok=True)
+    for i in range(per_class):
+      kind = i % 4
+      if kind == 0:
+        write_image(root / c / f'{i}.jpg', (50 + 7 * i, 37), 'RGB')
+      elif kind == 1:
+        write_image(root / c / f'{i}.png', (41, 60), 'L')
+      elif kind == 2:
+        write_image(root / c / 'nested' / f'{i}.PNG', (33, 33), 'RGBA')
+      else:
+        write_image(root / c / f'{i}.jpeg', (64, 48), 'RGB')
+  (root / classes[0] / 'notes.txt').write_text('not an image')
+
+
+def test_image_folder_with_held_out_fraction(tmp_path):
+  make_folder(tmp_path)
+  src = data.create_source(f'imagefolder:{tmp_path}', holdout_fraction=0.2)
+  assert src.class_names == ('cat', 'dog', 'emu')
+  assert src.split_sizes == {'train': 12, 'eval': 3}
+  batch = next(data.train_batches(src, SPEC, 4, seed=0))
+  assert batch['image'].shape == (4, 32, 32, 3) and batch['image'].dtype == np.float32
+  assert -1.0 <= batch['image'].min() and batch['image'].max() <= 1.0
+  ev = data.eval_batches(src, SPEC, 2)
+  assert sum(int(b['mask'].sum()) for b in ev) == 3
+
+
+def test_image_folder_with_explicit_train_and_val_folders(tmp_path):
+  make_folder(tmp_path / 'train', per_class=3)
+  make_folder(tmp_path / 'val', per_class=2)
+  src = data.create_source('imagefolder', str(tmp_path))
+  assert src.split_sizes == {'train': 9, 'eval': 6}
+  labels = sorted(int(y) for b in data.eval_batches(src, SPEC, 4) for y, m in zip(b['label'], b['mask']) if m)
+  assert labels == [0, 0, 1, 1, 2, 2]
+
+
+def test_corrupt_image_is_skipped_counted_and_named_once(tmp_path, caplog):
+  make_folder(tmp_path, per_class=4)
+  (tmp_path / 'dog' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 this is not a jpeg')
+  with caplog.at_level(logging.WARNING):
+    src = data.create_source(f'imagefolder:{tmp_path}', holdout_fraction=0.25)
+  warnings = [r.getMessage() for r in caplog.records if 'unreadable' in r.getMessage()]
+  assert len(warnings) == 1 and 'skipping 1 unreadable' in warnings[0] and 'broken.jpg' in warnings[0]
+  assert sum(src.split_sizes.values()) == 12
+  for _, batch in zip(range(4), data.train_batches(src, SPEC, 3)):  # training goes on
+    assert np.isfinite(batch['image']).all()
+
+
+@pytest.mark.parametrize('make,message', [
+    (lambda root: None, 'does not exist'),
+    (lambda root: os.makedirs(root), 'has no images'),
+    (lambda root: os.makedirs(root / 'empty_class'), 'has no images'),
+])
+def test_missing_or_empty_image_folder_is_one_clear_error(tmp_path, make, message):
+  root = tmp_path / 'images'
+  make(root)
+  with pytest.raises(ValueError, match=message):
+    data.create_source(f'imagefolder:{root}')
+
+
+class TinyShapes(tfds.core.GeneratorBasedBuilder):
+  """A TFDS dataset prepared locally, standing in for any TFDS image-classification dataset."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(None, None, 3)),
+        'label': tfds.features.ClassLabel(names=['circle', 'square', 'star'])}))
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples(12), 'test': self._generate_examples(7)}
+
+  def _generate_examples(self, n):
+    for i in range(n):
+      yield i, {'image': np.full((24, 36, 3), 2 * i, np.uint8), 'label': i % 3}
+
+
+@pytest.fixture(scope='module')
+def tfds_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp('tfds'))
+  TinyShapes(data_dir=d).download_and_prepare()
+  return d
+
+
+def test_any_tfds_dataset_by_name(tfds_dir):
+  for name in ('tiny_shapes', 'tfds:tiny_shapes'):
+    src = data.create_source(name, tfds_dir)
+    assert (src.num_classes, src.split_sizes) == (3, {'train': 12, 'eval': 7})
+  ev = data.eval_batches(src, SPEC, 3)
+  images = np.concatenate([b['image'][b['mask']] for b in ev])
+  assert sorted(identities(images)) == list(range(7))  # the test split, each image once, JPEG/PNG-decoded
+
+
+def test_unknown_dataset_lists_the_valid_sources():
+  with pytest.raises(ValueError, match='unknown dataset .no_such_set.*fashion_mnist.*imagenet2012.*imagefolder'):
+    data.create_source('no_such_set')
+
+
+def test_missing_imagenet_files_are_named(tmp_path):
+  with pytest.raises(ValueError) as e:
+    data.create_source('imagenet2012', str(tmp_path / 'tfds'), manual_dir=str(tmp_path / 'manual'))
+  msg = str(e.value)
+  assert 'ILSVRC2012_img_train.tar' in msg and 'ILSVRC2012_img_val.tar' in msg and 'manual' in msg
+  assert '\n' not in msg
+
+
+def test_num_classes_mismatch_is_one_clear_error(fashion_dir):
+  src = data.create_source('fashion_mnist', fashion_dir)
+  data.check_num_classes(src, 10)
+  with pytest.raises(ValueError, match='has 10 classes but num_classes is 1000; set num_classes=10'):
+    data.check_num_classes(src, 1000)
+
+
+def test_image_size_below_the_model_minimum_is_rejected():
+  with pytest.raises(ValueError, match='image size 60 is below the minimum 75 of inception_v3'):
+    data.ImageSpec.for_model(models.model_info('v3'), size=60)
+  assert data.ImageSpec.for_model(models.model_info('v3')).size == 299
+
+
+# --- preprocessing --------------------------------------------------------------------------------------
+
+
+def test_train_crops_cover_the_papers_area_and_aspect_ranges():
+  augment = preprocess.TrainAugment()
+  areas, aspects = [], []
+  for i in range(200):
+    offset, size = preprocess.distorted_crop_window(tf.constant([375, 500]), tf.constant([0, i]), augment)
+    h, w = size.numpy()
+    areas.append(h * w / (375 * 500))
+    aspects.append(w / h)
+  assert 0.08 - 0.01 <= min(areas) and max(areas) <= 1.0 and max(areas) - min(areas) > 0.5
+  assert 3 / 4 - 0.02 <= min(aspects) and max(aspects) <= 4 / 3 + 0.02
+
+
+def test_fused_jpeg_decode_and_crop_matches_decode_then_crop():
+  pixels = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+  jpeg = tf.io.encode_jpeg(pixels, quality=95)
+  decoded = tf.io.decode_jpeg(jpeg)
+  seed = tf.constant([3, 4], tf.int64)
+  aug = preprocess.TrainAugment()
+  fused = preprocess.train_image(jpeg, seed, 32, (0.5,) * 3, (0.5,) * 3, aug, encoded=True)
+  plain = preprocess.train_image(decoded, seed, 32, (0.5,) * 3, (0.5,) * 3, aug, encoded=False)
+  # libjpeg's chroma upsampling sees no neighbours beyond the window, so crop-edge pixels may differ a bit.
+  same = np.isclose(fused, plain, atol=1e-5)
+  assert same.mean() > 0.9 and np.abs(fused - plain).mean() < 0.01
+
+
+def test_eval_is_a_central_crop_scaled_to_minus_one_one():
+  pixels = np.zeros((8, 12, 1), np.uint8)
+  pixels[2:6, 4:8] = 255  # the central 4×4 square of an 8×12 grayscale image
+  out = preprocess.eval_image(tf.constant(pixels), 4, (0.5,) * 3, (0.5,) * 3, 0.5, encoded=False).numpy()
+  assert out.shape == (4, 4, 3)
+  np.testing.assert_allclose(out, 1.0)
+  full = preprocess.eval_image(tf.constant(pixels), 8, (0.5,) * 3, (0.5,) * 3, 1.0, encoded=False).numpy()
+  assert full.min() == -1.0 and full.max() == 1.0
+
+
+def test_small_grayscale_images_are_resized_up_and_tiled_to_rgb(fashion_dir):
+  src = data.create_source('fashion_mnist', fashion_dir)
+  spec = data.ImageSpec(size=75)
+  batch = next(iter(data.eval_batches(src, spec, 4)))
+  assert batch['image'].shape == (4, 75, 75, 3)
+  np.testing.assert_array_equal(batch['image'][..., 0], batch['image'][..., 2])
+
+
+# --- exact evaluation, sharding, determinism ------------------------------------------------------------
+
+
+def test_eval_counts_every_example_exactly_once_with_a_ragged_last_batch(fashion_dir):
+  src = data.create_source('fashion_mnist', fashion_dir)
+  ev = data.eval_batches(src, SPEC, 5)  # 13 examples: 5 + 5 + 3 real, 2 padded
+  batches = list(ev)
+  assert len(batches) == len(ev) == 3
+  assert [int(b['mask'].sum()) for b in batches] == [5, 5, 3]
+  ids = [i for b in batches for i in identities(b['image'][b['mask']])]
+  assert sorted(ids) == list(range(13))
+
+
+def test_two_processes_see_disjoint_shards_that_cover_the_split(fashion_dir):
+  src = data.create_source('fashion_mnist', fashion_dir)
+  shards = [data.eval_batches(src, SPEC, 4, process_index=i, process_count=2) for i in range(2)]
+  assert len(shards[0]) == len(shards[1]) == 2  # same step count on every process
+  ids = [set(i for b in ev for i in identities(b['image'][b['mask']])) for ev in shards]
+  assert not ids[0] & ids[1] and ids[0] | ids[1] == set(range(13))
+  train_ids = []
+  for i in range(2):
+    it = data.train_batches(src, SPEC, 4, augment=WHOLE, process_index=i, process_count=2)
+    train_ids.append(set(x for _, b in zip(range(5), it) for x in identities(b['image'])))  # one epoch
+  assert not train_ids[0] & train_ids[1] and train_ids[0] | train_ids[1] == set(range(40))
+
+
+def test_train_stream_is_deterministic_for_a_seed_and_resumes_at_a_step(fashion_dir):
+  src = data.create_source('fashion_mnist', fashion_dir)
+
+  def take(n, **kw):
+    it = data.train_batches(src, SPEC, 8, **kw)
+    return [next(it) for _ in range(n)]
+
+  run = take(12, seed=3)  # more than two epochs
+  again = take(12, seed=3)
+  for a, b in zip(run, again):
+    np.testing.assert_array_equal(a['image'], b['image'])
+  other = take(12, seed=4)
+  assert any(not np.array_equal(a['image'], b['image']) for a, b in zip(run, other))
+  resumed = take(5, seed=3, start_step=7)
+  for a, b in zip(run[7:], resumed):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+
+
+def test_train_epochs_are_reshuffled(fashion_dir):
+  src = data.create_source('fashion_mnist', fashion_dir)
+  it = data.train_batches(src, SPEC, 40, augment=WHOLE, seed=0)
+  first, second = identities(next(it)['image']), identities(next(it)['image'])
+  assert sorted(first) == sorted(second) == list(range(40)) and first != second
+
+
+def test_synthetic_batches_are_fixed_and_can_be_sharded():
+  mesh = jax.make_mesh((jax.device_count(),), ('data',))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  it = data.synthetic_batches(SPEC, 16, 10, sharding=sharding)
+  a, b = next(it), next(it)
+  assert a['image'] is b['image'] and a['image'].shape == (16, 32, 32, 3)
+  assert a['image'].sharding == sharding and int(a['label'].max()) < 10
+
+
+def test_non_positive_batch_size_is_rejected(fashion_dir):
+  src = data.create_source('fashion_mnist', fashion_dir)
+  with pytest.raises(ValueError, match='batch_size must be a positive integer, got 0'):
+    data.eval_batches(src, SPEC, 0)
+
+
+def test_real_fashion_mnist_from_the_debian_package():
+  # scripts/test.sh installs Debian's dataset-fashion-mnist; this reads the real files offline.
+  assert sources.find_fashion_mnist(None), 'install the dataset-fashion-mnist package (scripts/test.sh does)'
+  src = data.create_source('fashion_mnist')
+  assert src.split_sizes == {'train': 60_000, 'eval': 10_000}
+  ev = data.eval_batches(src, data.ImageSpec(size=28, crop_pct=1.0), 1000)
+  labels = np.concatenate([b['label'] for b in ev])
+  np.testing.assert_array_equal(np.bincount(labels), [1000] * 10)  # the test split is balanced
