@@ -13,3 +13,28 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import jax  # noqa: E402  (after XLA_FLAGS)
 
 jax.config.update('jax_disable_most_optimizations', True)
+
+
+import gzip  # noqa: E402
+import struct  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def write_idx(path, array):
+  """Writes a gzipped IDX file, the format of (Fashion-)MNIST's original files."""
+  header = struct.pack('>BBBB', 0, 0, 0x08, array.ndim) + struct.pack(f'>{array.ndim}I', *array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fashion_dir(tmp_path):
+  """Fashion-MNIST-format IDX files (40 train, 13 test) whose image i is filled with 2*i, label i % 10."""
+  from inception_jax.data import sources
+  for split, n in (('train', 40), ('eval', 13)):
+    images, labels = sources.FASHION_MNIST_FILES[split]
+    write_idx(tmp_path / images, np.stack([np.full((28, 28), 2 * i) for i in range(n)]))
+    write_idx(tmp_path / labels, np.arange(n) % 10)
+  return str(tmp_path)

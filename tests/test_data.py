@@ -2,10 +2,8 @@
 per-process sharding, determinism and resuming."""
 
 import gzip
-import io
 import logging
 import os
-import struct
 
 import jax
 import numpy as np
@@ -17,24 +15,10 @@ from PIL import Image
 from inception_jax import data, models
 from inception_jax.data import preprocess, sources
 
+from conftest import write_idx
+
 SPEC = data.ImageSpec(size=32, crop_pct=1.0)
 WHOLE = preprocess.TrainAugment(area_range=(1.0, 1.0), aspect_ratio_range=(1.0, 1.0), flip=False)
-
-
-def write_idx(path, array):
-  header = struct.pack('>BBBB', 0, 0, 0x08, array.ndim) + struct.pack(f'>{array.ndim}I', *array.shape)
-  with gzip.open(path, 'wb') as f:
-    f.write(header + array.astype(np.uint8).tobytes())
-
-
-@pytest.fixture
-def fashion_dir(tmp_path):
-  """Fashion-MNIST-format IDX files whose image i is filled with the value 2*i (its identity)."""
-  for split, n in (('train', 40), ('eval', 13)):
-    images, labels = sources.FASHION_MNIST_FILES[split]
-    write_idx(tmp_path / images, np.stack([np.full((28, 28), 2 * i) for i in range(n)]))
-    write_idx(tmp_path / labels, np.arange(n) % 10)
-  return str(tmp_path)
 
 
 def identities(images):

@@ -1,0 +1,75 @@
+"""Where a run's metrics go: `metrics.jsonl`, TensorBoard events, and a console progress line.
+
+Only process 0 writes files; every process may print.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+from clu import metric_writers
+
+
+class Reporter:
+  def __init__(self, workdir: str, total_steps: int, global_batch: int):
+    self.total_steps, self.global_batch = total_steps, global_batch
+    self.writes = jax.process_index() == 0
+    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.writes,
+                                                       asynchronous=False)
+    self.jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a') if self.writes else None
+    self._t0, self._step0 = None, None
+
+  def write_config(self, workdir: str, config: dict[str, Any]) -> None:
+    if self.writes:
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        json.dump(config, f, indent=2, sort_keys=True, default=str)
+      self.writer.write_hparams({k: v for k, v in _flatten(config).items()
+                                 if isinstance(v, (int, float, str, bool))})
+
+  def start(self, step: int) -> None:
+    self._t0, self._step0 = time.perf_counter(), step
+
+  def scalars(self, step: int, scalars: dict[str, float]) -> None:
+    """Writes `scalars` (keys like 'train/loss', 'eval/top1') for `step`."""
+    scalars = {k: float(v) for k, v in scalars.items()}
+    if self.writes:
+      self.writer.write_scalars(step, scalars)
+      self.jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
+      self.jsonl.flush()
+
+  def progress(self, step: int, loss: float, lr: float) -> float:
+    """Prints one console line (step, loss, lr, img/s, ETA); returns images per second since start."""
+    elapsed = time.perf_counter() - self._t0
+    done = step - self._step0
+    rate = done * self.global_batch / max(elapsed, 1e-9)
+    eta = (self.total_steps - step) * elapsed / max(done, 1)
+    print(f'step {step:>7}/{self.total_steps}  loss {loss:.4f}  lr {lr:.3g}  {rate:,.1f} img/s  '
+          f'ETA {_duration(eta)}', flush=True)
+    return rate
+
+  def close(self) -> None:
+    self.writer.flush()
+    self.writer.close()
+    if self.jsonl:
+      self.jsonl.close()
+
+
+def _flatten(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def _duration(seconds: float) -> str:
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f'{h}:{m:02d}:{s:02d}'

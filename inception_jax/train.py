@@ -1,0 +1,312 @@
+"""Training and evaluation: the state, the jitted steps on a device mesh, and the loop.
+
+The batch is sharded over a 1-D mesh of every device (axis 'data') and the state is replicated, so under
+`jax.jit` BatchNorm statistics are those of the global batch (sync BN) with no extra code. For scaling
+studies `bn_per_device=True` runs the same step under `shard_map` instead, where each device normalises
+with its own part of the batch and gradients are averaged explicitly.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Iterator
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from inception_jax import checkpoint, data, losses, models, optim
+from inception_jax.reporting import Reporter
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training run carries from step to step (and into checkpoints)."""
+  step: jax.Array
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: PyTree
+  ema_params: PyTree        # Polyak average of params ({} when EMA is off)
+  ema_batch_stats: PyTree   # BN statistics collected alongside it
+
+
+# --- durations --------------------------------------------------------------------------------------------
+
+
+def steps(prefix: str, config: ml_collections.ConfigDict, steps_per_epoch: int | None = None,
+          default: int | None = None) -> int | None:
+  """Resolves `{prefix}_steps` or `{prefix}_epochs` of a config to steps; at most one may be set."""
+  given = {k: config.get(f'{prefix}_{k}') for k in ('steps', 'epochs')}
+  given = {k: v for k, v in given.items() if v is not None}
+  if len(given) > 1:
+    raise ValueError(f'set only one of {prefix}_steps and {prefix}_epochs (got both)')
+  if 'steps' in given:
+    return int(given['steps'])
+  if 'epochs' in given:
+    if steps_per_epoch is None:
+      raise ValueError(f'{prefix}_epochs needs a known epoch length')
+    return max(1, int(round(given['epochs'] * steps_per_epoch)))
+  return default
+
+
+# --- model, optimizer, state ----------------------------------------------------------------------------
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}.get(config.dtype)
+  if dtype is None:
+    raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
+  return models.create_model(config.model, num_classes=num_classes, aux_logits=config.aux_logits,
+                             dtype=dtype, **config.model_overrides.to_dict())
+
+
+def build_optimizer(config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int,
+                    global_batch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  base_lr = config.learning_rate
+  if config.get('lr_reference_batch'):
+    base_lr = optim.scaled_learning_rate(base_lr, global_batch, config.lr_reference_batch)
+  decay_steps = None
+  if config.schedule == 'staircase_exponential':
+    decay_steps = max(1, int(round(config.decay_epochs * steps_per_epoch)))
+  schedule = optim.create_schedule(
+      config.schedule, base_lr, total_steps=total_steps,
+      warmup_steps=steps('warmup', config, steps_per_epoch, default=0),
+      decay_rate=config.get('decay_rate'), decay_steps=decay_steps)
+  tx = optim.create_optimizer(
+      config.optimizer, schedule, clip_norm=config.clip_norm or None,
+      weight_decay=config.weight_decay, decoupled=config.decoupled_weight_decay,
+      momentum=config.momentum, rmsprop_decay=config.rmsprop_decay, rmsprop_epsilon=config.rmsprop_epsilon)
+  return tx, schedule
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, image_size: int,
+               ema: bool) -> TrainState:
+  """Initial state; call under `jax.jit` with replicated out_shardings to place it on the mesh."""
+  x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  variables = model.init({'params': rng, 'dropout': rng}, x, train=True)
+  params, batch_stats = variables['params'], variables.get('batch_stats', {})
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), ema_params=params if ema else {},
+                    ema_batch_stats=batch_stats if ema else {})
+
+
+# --- steps --------------------------------------------------------------------------------------------------
+
+
+def _l2(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    config: ml_collections.ConfigDict, axis_name: str | None = None) -> Callable:
+  """`train_step(state, batch, rng) -> (state, metrics)`; with `axis_name` it runs per device (shard_map)."""
+  weight_decay_in_loss = 0.0 if config.decoupled_weight_decay else config.weight_decay
+
+  def train_step(state: TrainState, batch: dict, rng: jax.Array):
+    rng = jax.random.fold_in(rng, state.step)
+    if axis_name is not None:
+      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+    def loss_fn(params):
+      out, updates = model.apply({'params': params, 'batch_stats': state.batch_stats}, batch['image'],
+                                 train=True, rngs={'dropout': rng}, mutable=['batch_stats'])
+      total, parts = losses.total_loss(out.logits, out.aux_logits, batch['label'],
+                                       smoothing=config.label_smoothing, aux_weight=config.aux_weight)
+      if weight_decay_in_loss:
+        decay = losses.l2_weight_decay(params, weight_decay_in_loss)
+        total, parts = total + decay, {**parts, 'weight_decay': decay}
+      return total, (parts, updates.get('batch_stats', {}), out.logits)
+
+    (loss, (parts, batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    top1 = losses.topk_correct(logits, batch['label'], 1) / logits.shape[0]
+    if axis_name is not None:
+      grads, loss, parts, top1, batch_stats = jax.lax.pmean((grads, loss, parts, top1, batch_stats),
+                                                             axis_name)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
+    if config.ema_decay:
+      decay = optim.ema_decay_at(state.step, config.ema_decay) if config.ema_warmup else config.ema_decay
+      ema_params = optim.ema_update(ema_params, params, decay)
+      ema_batch_stats = optim.ema_update(ema_batch_stats, batch_stats, decay)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state, ema_params=ema_params, ema_batch_stats=ema_batch_stats)
+    metrics = {'loss': loss, **{f'loss_{k}': v for k, v in parts.items()}, 'top1': top1,
+               'learning_rate': schedule(state.step), 'l2_grads': _l2(grads), 'l2_params': _l2(params),
+               'l2_updates': _l2(updates)}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module, smoothing: float = 0.0) -> Callable:
+  """`eval_step(params, batch_stats, batch) -> sums` over the real (mask True) examples of a batch."""
+
+  def eval_step(params, batch_stats, batch):
+    out = model.apply({'params': params, 'batch_stats': batch_stats}, batch['image'], train=False)
+    mask = batch['mask']
+    n = jnp.sum(mask.astype(jnp.float32))
+    loss = losses.label_smoothed_cross_entropy(out.logits, batch['label'], smoothing, mask) * n
+    return {'loss': loss, 'top1': losses.topk_correct(out.logits, batch['label'], 1, mask),
+            'top5': losses.topk_correct(out.logits, batch['label'], min(5, out.logits.shape[-1]), mask),
+            'count': n}
+
+  return eval_step
+
+
+
+# --- placement on the mesh ----------------------------------------------------------------------------------
+
+
+def data_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh ('data') over `devices` (default: all). Auto axes: XLA propagates the shardings, so the
+  model code needs no sharding annotations."""
+  devices = jax.devices() if devices is None else devices
+  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
+
+
+class Steps:
+  """The jitted train and eval steps on a 1-D mesh of all devices, and global-batch assembly."""
+
+  def __init__(self, model, tx, schedule, config, mesh: jax.sharding.Mesh | None = None):
+    self.mesh = mesh or data_mesh()
+    self.replicated = NamedSharding(self.mesh, P())
+    self.sharded = NamedSharding(self.mesh, P('data'))
+    if config.bn_per_device:
+      step = jax.shard_map(make_train_step(model, tx, schedule, config, axis_name='data'), mesh=self.mesh,
+                           in_specs=(P(), P('data'), P()), out_specs=(P(), P()), check_vma=False)
+    else:
+      step = make_train_step(model, tx, schedule, config)
+    self.train_step = jax.jit(step, in_shardings=(self.replicated, self.sharded, self.replicated),
+                              out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
+    self.eval_step = jax.jit(make_eval_step(model), in_shardings=(self.replicated,) * 2 + (self.sharded,),
+                             out_shardings=self.replicated)
+    self.init = jax.jit(functools.partial(init_state, model, tx, image_size=config.image_size,
+                                          ema=bool(config.ema_decay)),
+                        out_shardings=self.replicated)
+
+  def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """A global array from each process's slice of the batch."""
+    return {k: jax.make_array_from_process_local_data(self.sharded, v) for k, v in local.items()}
+
+
+def evaluate(steps_: Steps, params, batch_stats, batches: data.EvalBatches) -> dict[str, float]:
+  """Exact metrics over the whole split: sums over masked batches, divided by the real example count."""
+  sums = None
+  for local in batches:
+    out = steps_.eval_step(params, batch_stats, steps_.global_batch(local))
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  sums = jax.device_get(sums)
+  n = float(sums['count'])
+  return {'loss': float(sums['loss']) / n, 'top1': float(sums['top1']) / n, 'top5': float(sums['top5']) / n,
+          'count': n}
+
+
+# --- the loop -----------------------------------------------------------------------------------------------
+
+
+def _check_finite(step: int, metrics: dict[str, float]) -> None:
+  for k in ('loss', 'l2_grads'):
+    if not math.isfinite(metrics[k]):
+      raise FloatingPointError(f'non-finite {k} ({metrics[k]}) at step {step}')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming from its newest checkpoint) and returns the final eval metrics."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f'workdir {workdir!r} exists and is not a directory')
+  os.makedirs(workdir, exist_ok=True)
+  process_count = jax.process_count()
+  for key in ('batch_size', 'eval_batch_size'):
+    value = config[key] or config.batch_size
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f'{key} must be a positive integer, got {config[key]!r}')
+    if value % jax.device_count():
+      raise ValueError(f'{key} {value} is not divisible by the {jax.device_count()} devices')
+  local_batch = config.batch_size // process_count
+  eval_local_batch = (config.eval_batch_size or config.batch_size) // process_count
+
+  source = data.create_source(config.dataset, config.data_dir or None,
+                              holdout_fraction=config.holdout_fraction)
+  num_classes = config.num_classes or source.num_classes
+  data.check_num_classes(source, num_classes)
+  info = models.model_info(config.model)
+  spec = data.ImageSpec.for_model(info, config.image_size, config.eval_crop_pct)
+  config.unlock()
+  config.image_size = spec.size
+  config.lock()
+
+  steps_per_epoch = source.split_sizes['train'] // config.batch_size
+  total_steps = steps('total', config, steps_per_epoch)
+  if not total_steps:
+    raise ValueError('set total_steps or total_epochs')
+  log_every = steps('log_every', config, steps_per_epoch, default=50)
+  eval_every = steps('eval_every', config, steps_per_epoch, default=total_steps)
+  checkpoint_every = steps('checkpoint_every', config, steps_per_epoch, default=total_steps)
+
+  model = build_model(config, num_classes)
+  tx, schedule = build_optimizer(config, total_steps, steps_per_epoch, config.batch_size)
+  steps_ = Steps(model, tx, schedule, config)
+  rng = jax.random.key(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  state = steps_.init(init_rng)
+
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+  start = ckpt.latest_step() or 0
+  if start:
+    state = ckpt.restore(state)
+    print(f'resumed from step {start} in {ckpt.directory}', flush=True)
+
+  reporter = Reporter(workdir, total_steps, config.batch_size)
+  reporter.write_config(workdir, config.to_dict())
+  augment = data.TrainAugment(area_range=tuple(config.augment.area_range),
+                              aspect_ratio_range=tuple(config.augment.aspect_ratio_range),
+                              flip=config.augment.flip, color_distort=config.augment.color_distort)
+  train_iter = data.train_batches(source, spec, local_batch, seed=config.seed, start_step=start,
+                                  augment=augment)
+  eval_data = data.eval_batches(source, spec, eval_local_batch)
+
+  def run_eval(step):
+    results = {}
+    weights = [('eval', state.params, state.batch_stats)]
+    if config.ema_decay:
+      weights.append(('eval_ema', state.ema_params, state.ema_batch_stats))
+    for prefix, params, batch_stats in weights:
+      m = evaluate(steps_, params, batch_stats, eval_data)
+      results.update({f'{prefix}/{k}': v for k, v in m.items()})
+    reporter.scalars(step, results)
+    print(f'step {step}: ' + '  '.join(f'{k} {v:.4f}' for k, v in results.items()), flush=True)
+    return results
+
+  results = {}
+  reporter.start(start)
+  pending = None
+  for step in range(start + 1, total_steps + 1):
+    state, metrics = steps_.train_step(state, steps_.global_batch(next(train_iter)), step_rng)
+    if step % log_every == 0 or step == total_steps:
+      pending = jax.device_get(metrics)
+      _check_finite(step, pending)
+      rate = reporter.progress(step, pending['loss'], pending['learning_rate'])
+      reporter.scalars(step, {**{f'train/{k}': v for k, v in pending.items()}, 'train/images_per_sec': rate})
+    if step % checkpoint_every == 0 or step == total_steps:
+      ckpt.save(step, state)
+    if step % eval_every == 0 or step == total_steps:
+      results = run_eval(step)
+  if start >= total_steps:
+    results = run_eval(total_steps)
+  ckpt.close()
+  reporter.close()
+  return results

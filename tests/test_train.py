@@ -1,0 +1,176 @@
+"""The training system: durations, the sharded step, the loop's outputs, resuming, config errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from experiments.configs import base
+from inception_jax import checkpoint, train
+from inception_jax.data import sources
+
+from conftest import write_idx
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(data_dir, **overrides):
+  """LeNet on the 40-image Fashion-MNIST stand-in: seconds per run."""
+  c = base.get_config()
+  c.model = 'lenet'
+  c.model_overrides.activation = 'relu'
+  c.dataset = 'fashion_mnist'
+  c.data_dir = data_dir
+  c.image_size = 28
+  c.eval_crop_pct = 1.0
+  c.augment.area_range = (1.0, 1.0)
+  c.augment.aspect_ratio_range = (1.0, 1.0)
+  c.batch_size = 8
+  c.eval_batch_size = 8
+  c.total_steps = 4
+  c.log_every_steps = 1
+  c.optimizer = 'adamw'
+  c.learning_rate = 1e-3
+  c.schedule = 'constant'
+  c.clip_norm = 0.0
+  c.label_smoothing = 0.0
+  c.ema_decay = 0.9
+  c.ema_warmup = False
+  c.update(overrides)
+  return c
+
+
+def read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_durations_are_given_once_as_steps_or_epochs():
+  c = ml_collections.ConfigDict({'total_steps': None, 'total_epochs': 2.5})
+  assert train.steps('total', c, steps_per_epoch=10) == 25
+  c.total_steps = 7
+  with pytest.raises(ValueError, match='only one of total_steps and total_epochs'):
+    train.steps('total', c, 10)
+  c.total_epochs = None
+  assert train.steps('total', c, 10) == 7
+  assert train.steps('warmup', ml_collections.ConfigDict(), 10, default=0) == 0
+
+
+def test_a_run_writes_metrics_config_events_and_checkpoints(tmp_path, fashion_dir):
+  workdir = str(tmp_path / 'run')
+  results = train.train_and_evaluate(tiny_config(fashion_dir), workdir)
+  records = read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  train_records = [r for r in records if 'train/loss' in r]
+  assert [r['step'] for r in train_records] == [1, 2, 3, 4]
+  assert all(np.isfinite(r['train/loss']) for r in train_records)
+  (final,) = [r for r in records if 'eval/top1' in r]
+  assert final['step'] == 4 and final['eval/count'] == 13  # every test image exactly once
+  for key in ('eval/top1', 'eval/top5', 'eval_ema/top1'):
+    assert 0.0 <= final[key] <= 1.0
+  assert results['eval/top1'] == final['eval/top1']
+  assert json.load(open(os.path.join(workdir, 'config.json')))['model'] == 'lenet'
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+  assert checkpoint.Checkpointer(workdir).latest_step() == 4
+
+
+@pytest.fixture
+def learnable_dir(tmp_path):
+  """Fashion-MNIST-format files where class k is a bright square in the k-th quadrant, plus noise."""
+  rng = np.random.default_rng(0)
+  d = tmp_path / 'learnable'
+  d.mkdir()
+  for split, n in (('train', 64), ('eval', 16)):
+    labels = np.arange(n) % 4
+    images = rng.integers(0, 60, (n, 28, 28))
+    for img, k in zip(images, labels):
+      img[(k // 2) * 14:(k // 2) * 14 + 14, (k % 2) * 14:(k % 2) * 14 + 14] += 180
+    images_file, labels_file = sources.FASHION_MNIST_FILES[split]
+    write_idx(d / images_file, images)
+    write_idx(d / labels_file, labels)
+  return str(d)
+
+
+def test_loss_decreases_over_twenty_steps(tmp_path, learnable_dir):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny_config(learnable_dir, total_steps=20, learning_rate=3e-3), workdir)
+  losses = [r['train/loss'] for r in read_jsonl(os.path.join(workdir, 'metrics.jsonl')) if 'train/loss' in r]
+  assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, fashion_dir):
+  straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
+  train.train_and_evaluate(tiny_config(fashion_dir, total_steps=6), straight)
+  train.train_and_evaluate(tiny_config(fashion_dir, total_steps=3, checkpoint_every_steps=3), split)
+  train.train_and_evaluate(tiny_config(fashion_dir, total_steps=6), split)  # resumes at step 3
+
+  def final_params(workdir):
+    return checkpoint.Checkpointer(workdir).manager.restore(6)['params']
+
+  a, b = final_params(straight), final_params(split)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def _one_step(devices, bn_per_device=False):
+  """One training step of a BN model on a fixed global batch of 16, on a mesh of `devices`."""
+  c = tiny_config('', model='bn_inception', image_size=32, batch_size=16, bn_per_device=bn_per_device,
+                  optimizer='sgd', learning_rate=0.01, label_smoothing=0.1, weight_decay=4e-5)
+  c.model_overrides = ml_collections.ConfigDict({'dropout_rate': 0.0})
+  model = train.build_model(c, 10)
+  tx, schedule = train.build_optimizer(c, 10, 10, 16)
+  steps = train.Steps(model, tx, schedule, c, mesh=train.data_mesh(devices))
+  state = steps.init(jax.random.key(0))
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.normal(size=(16, 32, 32, 3)).astype(np.float32),
+           'label': rng.integers(0, 10, 16).astype(np.int32)}
+  state, metrics = steps.train_step(state, steps.global_batch(batch), jax.random.key(1))
+  return jax.device_get(state), jax.device_get(metrics)
+
+
+def test_eight_device_step_equals_one_device_step_with_global_batch_norm():
+  assert jax.device_count() == 8
+  one, m1 = _one_step(jax.devices()[:1])
+  eight, m8 = _one_step(jax.devices())
+  # The same computation up to the order of float32 sums.
+  np.testing.assert_allclose(m1['loss'], m8['loss'], rtol=1e-5)
+  np.testing.assert_allclose(m1['l2_grads'], m8['l2_grads'], rtol=1e-5)
+  for tree in ('params', 'batch_stats'):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+                 getattr(one, tree), getattr(eight, tree))
+  # Per-device statistics (2 examples per device) really are a different computation.
+  per_device, _ = _one_step(jax.devices(), bn_per_device=True)
+  diffs = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), one.params, per_device.params))
+  assert max(diffs) > 1e-4
+
+
+def _cli(*args, cwd=ROOT):
+  return subprocess.run([sys.executable, '-m', 'experiments.imagenet', *args], cwd=cwd, capture_output=True,
+                        text=True, timeout=300)
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--config=v3', '--config.no_such_key=1'], 'no_such_key'),
+    (['--config=v3', '--config.batch_size=large'], 'batch_size'),
+    (['--config=v9'], "unknown preset 'v9'; valid presets:"),
+    (['--config=v3', '--config.batch_size=12'], 'batch_size 12 is not divisible by the 8 devices'),
+    (['--config=v3', '--config.batch_size=0'], 'batch_size must be a positive integer, got 0'),
+])
+def test_config_errors_are_one_clear_line(tmp_path, args, message):
+  result = _cli(*args, f'--workdir={tmp_path}/w')
+  assert result.returncode == 2
+  assert message in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_preset_path_form_and_overrides(tmp_path, fashion_dir):
+  result = _cli('--config=experiments/configs/v3.py:fashion_mnist', f'--workdir={tmp_path}/w',
+                '--config.model=bn_inception', '--config.image_size=32', '--config.total_steps=2',
+                '--config.warmup_steps=0', '--config.batch_size=8', '--config.eval_batch_size=16',
+                f'--config.data_dir={fashion_dir}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'final test accuracy over all 13 examples' in result.stdout
