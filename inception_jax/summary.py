@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import math
 import sys
-from typing import Any
 
 import flax.linen as nn
 import jax

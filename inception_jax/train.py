@@ -9,12 +9,9 @@ with its own part of the batch and gradients are averaged explicitly.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
-import sys
-import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import flax
 import flax.linen as nn

@@ -1,6 +1,5 @@
 """Layer conventions that decide numerical parity with TF and PyTorch peers."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -15,12 +15,9 @@ parameter names follow the Caffe layer names.
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from inception_jax.models import layers
 from inception_jax.models.layers import Conv, Pool
@@ -64,7 +61,7 @@ BODY = (
 )
 
 
-class BNInception(nn.Module):
+class BNInception(layers.BNConvNet):
   """BN-Inception (the paper's 'Inception with Batch Normalization', Figure 5).
 
   Attributes:
@@ -75,16 +72,7 @@ class BNInception(nn.Module):
     bn_scale: BN has gamma.
     pool_count_include_pad: average pools count padded zeros (the Caffe model / Cadene's port) or not (TF).
   """
-  num_classes: int = 1000
-  aux_logits: bool = True
   dropout_rate: float = 0.0
-  bn_scale: bool = True
-  bn_epsilon: float = layers.INCEPTION_BN_EPSILON
-  bn_momentum: float = layers.DEFAULT_BN_MOMENTUM
-  pool_count_include_pad: bool = False
-  kernel_init: Callable = layers.conv_kernel_init
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
 
   # Found by bisection with jax.eval_shape: with 'SAME' padding every layer accepts any grid.
   MIN_INPUT_SIZE = 1
@@ -92,9 +80,7 @@ class BNInception(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> ModelOutput:
     layers.check_input(x, self.MIN_INPUT_SIZE, 'bn_inception')
-    conv = functools.partial(layers.ConvBN, bn_scale=self.bn_scale, bn_epsilon=self.bn_epsilon,
-                             bn_momentum=self.bn_momentum, kernel_init=self.kernel_init,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
+    conv = self.conv_factory()
     x = x.astype(self.dtype or x.dtype)
     x = conv(64, 7, strides=2, name='conv1_7x7_s2')(x, train)
     x = layers.max_pool(x, 3, 2, 'SAME')

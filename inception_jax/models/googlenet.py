@@ -21,11 +21,9 @@ this file. Parameter names follow torchvision's: `inception4a/branch2_1/conv` is
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from inception_jax.models import layers
 from inception_jax.models.layers import Conv, Pool
@@ -91,7 +89,7 @@ def inception_module(filters: tuple[int, ...], branch3_kernel: int = 5, padding_
   )
 
 
-class GoogLeNet(nn.Module):
+class GoogLeNet(layers.BNConvNet):
   """GoogLeNet / Inception-v1; `inception_v1` and `googlenet` are two settings of its switches.
 
   Attributes:
@@ -108,8 +106,6 @@ class GoogLeNet(nn.Module):
     aux_dropout_rate: dropout after the auxiliary heads' FC-1024 layer.
     bn_scale, bn_epsilon, bn_momentum: BatchNorm settings (with `use_bn`).
   """
-  num_classes: int = 1000
-  aux_logits: bool = True
   use_bn: bool = False
   lrn: bool = True
   branch3_kernel: int = 5
@@ -117,12 +113,6 @@ class GoogLeNet(nn.Module):
   aux_adaptive_pool: int | None = None
   dropout_rate: float = 0.4
   aux_dropout_rate: float = 0.7
-  bn_scale: bool = True
-  bn_epsilon: float = layers.INCEPTION_BN_EPSILON
-  bn_momentum: float = layers.DEFAULT_BN_MOMENTUM
-  kernel_init: Callable = layers.conv_kernel_init
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
 
   # Found by bisection with jax.eval_shape: 'SAME' padding never runs out of grid, so the paper's network
   # takes any input; with torchvision's unpadded ceil-mode pools a 14×14 input leaves maxpool3 a grid
@@ -145,9 +135,7 @@ class GoogLeNet(nn.Module):
                        f'got {self.padding_style!r}')
     layers.check_input(x, self.MIN_INPUT_SIZE[self.padding_style],
                        'googlenet' if self.padding_style == 'torch' else 'inception_v1')
-    conv = functools.partial(layers.ConvBN, use_bn=self.use_bn, bn_scale=self.bn_scale,
-                             bn_epsilon=self.bn_epsilon, bn_momentum=self.bn_momentum,
-                             kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
+    conv = self.conv_factory(use_bn=self.use_bn)
     pad = functools.partial(_conv_padding, padding_style=self.padding_style)
     pools = grid_pools(self.padding_style)
 

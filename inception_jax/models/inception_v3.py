@@ -16,12 +16,9 @@ the 35×35 modules next to the factorized double-3×3 one. Parameter names follo
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from inception_jax.models import layers
 from inception_jax.models.layers import Conv, Fork, Pool
@@ -87,7 +84,7 @@ BODY = (
 AUX_AFTER = 'Mixed_6e'  # the auxiliary head sits on top of the last 17×17 module
 
 
-class InceptionV3(nn.Module):
+class InceptionV3(layers.BNConvNet):
   """Inception-v3 (and, with `stem='7x7', aux_bn=False`, the Inception-v2 of Table 3).
 
   Attributes:
@@ -99,27 +96,15 @@ class InceptionV3(nn.Module):
     bn_scale: BN has gamma (torchvision/timm) or not (TF-slim/Keras).
     pool_count_include_pad: average pools count padded zeros (torchvision/timm) or not (TF/Keras).
   """
-  num_classes: int = 1000
-  aux_logits: bool = True
   stem: str = '3x3'
   aux_bn: bool = True
-  dropout_rate: float = 0.2
-  bn_scale: bool = True
-  bn_epsilon: float = layers.INCEPTION_BN_EPSILON
-  bn_momentum: float = layers.DEFAULT_BN_MOMENTUM
-  pool_count_include_pad: bool = False
-  kernel_init: Callable = layers.conv_kernel_init
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
 
   MIN_INPUT_SIZE = 75
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> ModelOutput:
     layers.check_input(x, self.MIN_INPUT_SIZE, 'inception_v3' if self.stem == '3x3' else 'inception_v2')
-    conv = functools.partial(layers.ConvBN, bn_scale=self.bn_scale, bn_epsilon=self.bn_epsilon,
-                             bn_momentum=self.bn_momentum, kernel_init=self.kernel_init,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
+    conv = self.conv_factory()
     x = x.astype(self.dtype or x.dtype)
     if self.stem == '3x3':
       x = conv(32, 3, strides=2, padding='VALID', name='Conv2d_1a_3x3')(x, train)

@@ -28,12 +28,10 @@ per-block statistics (gradient flow) see each one.
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from inception_jax.models import layers
 from inception_jax.models.layers import Branch, Conv, Fork, Pool
@@ -63,11 +61,6 @@ def apply_layer(layer: Layer, x: jax.Array, conv: Callable[..., nn.Module], pool
                            layer.ceil_mode)
   return layers.Mixed(layer.branches, conv, pool_count_include_pad, name=layer.name)(x, train)
 
-
-def _conv_factory(m: nn.Module) -> Callable[..., nn.Module]:
-  return functools.partial(layers.ConvBN, bn_scale=m.bn_scale, bn_epsilon=m.bn_epsilon,
-                           bn_momentum=m.bn_momentum, kernel_init=m.kernel_init, dtype=m.dtype,
-                           param_dtype=m.param_dtype)
 
 
 def _aux_head(m: nn.Module) -> layers.AuxHead:
@@ -156,7 +149,7 @@ INCEPTION_V4_BODY = (
 INCEPTION_V4_AUX_AFTER = 'inception_b_7'  # TF-slim's Mixed_6h, the last 17×17 module
 
 
-class InceptionV4(nn.Module):
+class InceptionV4(layers.BNConvNet):
   """Inception-v4 (Figure 9).
 
   Attributes:
@@ -166,23 +159,13 @@ class InceptionV4(nn.Module):
     bn_scale: BN has gamma (timm) or not (TF-slim/Keras).
     pool_count_include_pad: average pools count padded zeros (PyTorch default) or not (TF, timm here).
   """
-  num_classes: int = 1000
-  aux_logits: bool = True
-  dropout_rate: float = 0.2
-  bn_scale: bool = True
-  bn_epsilon: float = layers.INCEPTION_BN_EPSILON
-  bn_momentum: float = layers.DEFAULT_BN_MOMENTUM
-  pool_count_include_pad: bool = False
-  kernel_init: Callable = layers.conv_kernel_init
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
 
   MIN_INPUT_SIZE = 75
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> ModelOutput:
     layers.check_input(x, self.MIN_INPUT_SIZE, 'inception_v4')
-    conv = _conv_factory(self)
+    conv = self.conv_factory()
     x = x.astype(self.dtype or x.dtype)
     aux = ()
     for layer in INCEPTION_V4_STEM + INCEPTION_V4_BODY:
@@ -298,7 +281,7 @@ IR_V2_BLOCK8 = (
 )
 
 
-class InceptionResNet(nn.Module):
+class InceptionResNet(layers.BNConvNet):
   """Inception-ResNet (Figure 15): stem, residual 35×35 / 17×17 / 8×8 stages joined by reductions.
 
   Blocks are named 'block35_i', 'mixed_6a', 'block17_i', 'mixed_7a', 'block8_i' (1-based, in order), then
@@ -318,8 +301,6 @@ class InceptionResNet(nn.Module):
     bn_scale: BN has gamma (timm) or not (TF-slim/Keras).
     pool_count_include_pad: average pools count padded zeros (PyTorch default) or not (TF, timm here).
   """
-  num_classes: int = 1000
-  aux_logits: bool = True
   stem: tuple[Layer, ...] = IR_V2_STEM
   block_a: tuple[Branch, ...] = IR_V2_BLOCK35
   reduction_a: tuple[Branch, ...] = IR_V2_REDUCTION_A
@@ -332,21 +313,13 @@ class InceptionResNet(nn.Module):
   scale_c: float = 0.20
   final_linear_block: bool = True
   head_features: int | None = 1536
-  dropout_rate: float = 0.2
-  bn_scale: bool = True
-  bn_epsilon: float = layers.INCEPTION_BN_EPSILON
-  bn_momentum: float = layers.DEFAULT_BN_MOMENTUM
-  pool_count_include_pad: bool = False
-  kernel_init: Callable = layers.conv_kernel_init
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
 
   MIN_INPUT_SIZE = 75
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> ModelOutput:
     layers.check_input(x, self.MIN_INPUT_SIZE, 'inception_resnet')
-    conv = _conv_factory(self)
+    conv = self.conv_factory()
     x = x.astype(self.dtype or x.dtype)
     for layer in self.stem:
       x = apply_layer(layer, x, conv, self.pool_count_include_pad, train)

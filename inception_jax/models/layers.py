@@ -8,6 +8,7 @@ Every block here takes those conventions as arguments, so one model definition c
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -109,6 +110,37 @@ def batch_norm(cfg: Any, train: bool, name: str = 'bn') -> nn.BatchNorm:
       param_dtype=cfg.param_dtype,
       name=name,
   )
+
+
+class BNConvNet(nn.Module):
+  """Fields every batch-normalised family shares, and the ConvBN factory that carries them.
+
+  Attributes:
+    num_classes: classifier size.
+    aux_logits: build the auxiliary heads, where the family has any (they run only with train=True).
+    dropout_rate: dropout before the classifier.
+    bn_scale: BN has gamma (torchvision/timm) or not (TF-slim/Keras).
+    bn_epsilon, bn_momentum: BN settings (Flax momentum: PyTorch's 0.1 is 0.9 here).
+    pool_count_include_pad: average pools count padded zeros (PyTorch's default) or not (TF).
+    kernel_init: convolution initialiser.
+    dtype: compute dtype (None: the input's); param_dtype: parameter dtype.
+  """
+  num_classes: int = 1000
+  aux_logits: bool = True
+  dropout_rate: float = 0.2
+  bn_scale: bool = True
+  bn_epsilon: float = INCEPTION_BN_EPSILON
+  bn_momentum: float = DEFAULT_BN_MOMENTUM
+  pool_count_include_pad: bool = False
+  kernel_init: Callable = conv_kernel_init
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  def conv_factory(self, **overrides) -> Callable[..., nn.Module]:
+    """`ConvBN` with this network's BN, init and dtype settings."""
+    return functools.partial(ConvBN, bn_scale=self.bn_scale, bn_epsilon=self.bn_epsilon,
+                             bn_momentum=self.bn_momentum, kernel_init=self.kernel_init, dtype=self.dtype,
+                             param_dtype=self.param_dtype, **overrides)
 
 
 class SeparableConv(nn.Module):

@@ -101,7 +101,7 @@ class XceptionBlock(nn.Module):
     return x + shortcut
 
 
-class Xception(nn.Module):
+class Xception(layers.BNConvNet):
   """Xception (Chollet 2017).
 
   Attributes:
@@ -113,17 +113,10 @@ class Xception(nn.Module):
     bn_scale: BN has gamma (Keras and timm both do).
     bn_epsilon: Keras' 1e-3 (timm's port uses PyTorch's 1e-5).
   """
-  num_classes: int = 1000
   aux_logits: bool = False
   residual: bool = True
   mid_activation: str | None = None
   dropout_rate: float = 0.0
-  bn_scale: bool = True
-  bn_epsilon: float = layers.INCEPTION_BN_EPSILON
-  bn_momentum: float = layers.DEFAULT_BN_MOMENTUM
-  kernel_init: Callable = layers.conv_kernel_init
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
 
   # Two VALID 3×3 convolutions (the first strided) need 7 pixels; everything after pads 'SAME'.
   MIN_INPUT_SIZE = 7
