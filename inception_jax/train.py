@@ -65,8 +65,9 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
   dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}.get(config.dtype)
   if dtype is None:
     raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
+  overrides = {k: v for k, v in config.model_overrides.to_dict().items() if v is not None}
   return models.create_model(config.model, num_classes=num_classes, aux_logits=config.aux_logits,
-                             dtype=dtype, **config.model_overrides.to_dict())
+                             dtype=dtype, **overrides)
 
 
 def build_optimizer(config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int,

@@ -23,7 +23,7 @@ def tiny_config(data_dir, **overrides):
   """LeNet on the 40-image Fashion-MNIST stand-in: seconds per run."""
   c = base.get_config()
   c.model = 'lenet'
-  c.model_overrides.activation = 'relu'
+  c.model_overrides = ml_collections.ConfigDict({'activation': 'relu'})
   c.dataset = 'fashion_mnist'
   c.data_dir = data_dir
   c.image_size = 28
@@ -148,8 +148,10 @@ def test_eight_device_step_equals_one_device_step_with_global_batch_norm():
 
 
 def _cli(*args, cwd=ROOT):
+  # The child compiles like the rest of the suite: most XLA optimisations off (conftest.py).
+  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='true')
   return subprocess.run([sys.executable, '-m', 'experiments.imagenet', *args], cwd=cwd, capture_output=True,
-                        text=True, timeout=300)
+                        text=True, timeout=300, env=env)
 
 
 @pytest.mark.parametrize('args,message', [
@@ -170,6 +172,8 @@ def test_preset_path_form_and_overrides(tmp_path, fashion_dir):
   result = _cli('--config=experiments/configs/v3.py:fashion_mnist', f'--workdir={tmp_path}/w',
                 '--config.model=bn_inception', '--config.image_size=32', '--config.total_steps=2',
                 '--config.warmup_steps=0', '--config.batch_size=8', '--config.eval_batch_size=16',
-                f'--config.data_dir={fashion_dir}')
+                '--config.model_overrides.dropout_rate=0.0', f'--config.data_dir={fashion_dir}')
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'final test accuracy over all 13 examples' in result.stdout
+  saved = json.load(open(tmp_path / 'w' / 'config.json'))
+  assert saved['model'] == 'bn_inception' and saved['model_overrides']['dropout_rate'] == 0.0

@@ -9,9 +9,12 @@ from ml_collections.config_dict import placeholder
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  # Model: any registered name; model_overrides go to create_model (bn_momentum, dropout_rate, switches).
+  # Model: any registered name; model_overrides go to create_model.
   c.model = 'inception_v3'
-  c.model_overrides = ml_collections.ConfigDict()
+  # Unset (None) overrides keep the model's default; presets add their family's switches here.
+  c.model_overrides = ml_collections.ConfigDict({
+      'dropout_rate': placeholder(float), 'bn_momentum': placeholder(float),
+      'bn_epsilon': placeholder(float), 'bn_scale': placeholder(bool)})
   c.aux_logits = True
   c.num_classes = 0          # 0: the dataset's
   c.dtype = 'float32'        # compute dtype; 'bfloat16' keeps params, BN statistics and the loss in float32
