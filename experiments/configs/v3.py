@@ -30,15 +30,15 @@ def get_config(arg: str | None = None):
 
 
 def fashion_mnist(c):
-  """A ten-minute CPU run: short schedule, gentle crops for 28-pixel images, Adam instead of the paper's
+  """A ten-minute CPU run: short schedule, no crops (well under one epoch), Adam instead of the paper's
   RMSProp + clipping (which need far more steps than a ten-minute budget gives), no averaging."""
   c.dataset = 'fashion_mnist'
   c.image_size = 75
   c.aux_logits = False
   c.eval_crop_pct = 1.0
-  c.augment.area_range = (1.0, 1.0)  # well under an epoch: nothing to gain from crops yet
+  c.augment.area_range = (1.0, 1.0)
   c.batch_size = 32
-  c.eval_batch_size = 500
+  c.eval_batch_size = 512  # divisible by 1, 2, 4, 8 devices
   c.total_epochs = None
   c.total_steps = 800
   c.log_every_steps = 50
