@@ -66,6 +66,21 @@ _MULTIHOST = flags.DEFINE_bool('multihost', False, 'initialise jax.distributed f
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+DURATIONS = ('total', 'warmup', 'log_every', 'eval_every', 'checkpoint_every')
+
+
+def _command_line_durations_win(config, argv: list[str]) -> None:
+  """A duration given on the command line replaces the preset's, whichever unit the preset used: with
+  `--config=v3 --config.total_steps=1000` the preset's `total_epochs` is dropped. (config_flags cannot
+  set a float to None from the command line, so without this the two would clash.)"""
+  given = {a[len('--config.'):].split('=')[0] for a in argv if a.startswith('--config.')}
+  with config.unlocked():
+    for prefix in DURATIONS:
+      for unit, other in (('steps', 'epochs'), ('epochs', 'steps')):
+        if f'{prefix}_{unit}' in given and f'{prefix}_{other}' not in given:
+          config[f'{prefix}_{other}'] = None
+
+
 def main(argv):
   del argv
   if not flags.FLAGS['verbosity'].present:  # orbax logs every save at INFO; the progress line suffices
@@ -75,6 +90,7 @@ def main(argv):
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from inception_jax import train  # after flag parsing: keeps --help fast
   try:
+    _command_line_durations_win(_CONFIG.value, sys.argv)
     results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FloatingPointError) as e:
     _fail(str(e))

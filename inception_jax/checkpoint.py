@@ -1,4 +1,5 @@
-"""Orbax checkpoints of a training run: periodic async saves, keep-N, resume from the newest."""
+"""Orbax checkpoints of a training run: periodic async saves, keep-N, resume from the newest; and the
+weights of a finished run, for fine-tuning (`init_from`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -34,3 +36,26 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def read_weights(path: str) -> dict[str, Any]:
+  """`params` and `batch_stats` (as numpy arrays) of a training checkpoint: `path` is a workdir, its
+  `checkpoints/` directory (the newest step is read) or one step directory in it."""
+  directory = os.path.abspath(path)
+  if os.path.isdir(os.path.join(directory, 'checkpoints')):
+    directory = os.path.join(directory, 'checkpoints')
+  if os.path.isdir(directory) and not os.path.isdir(os.path.join(directory, 'default')):
+    found = [int(d) for d in os.listdir(directory)
+             if d.isdigit() and os.path.isdir(os.path.join(directory, d, 'default'))]
+    if found:
+      directory = os.path.join(directory, str(max(found)))
+  item = os.path.join(directory, 'default')
+  if not os.path.isdir(item):
+    raise ValueError(f'init_from {path!r}: no checkpoint there (give a workdir, its checkpoints/ '
+                     'directory or one step directory in it)')
+  checkpointer = ocp.StandardCheckpointer()
+  metadata = checkpointer.metadata(item).item_metadata
+  # Orbax restores whole trees only; numpy targets keep it off the devices.
+  target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), dict(metadata))
+  restored = checkpointer.restore(item, target)
+  return {'params': restored['params'], 'batch_stats': restored.get('batch_stats', {})}

@@ -100,6 +100,46 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Arra
                     ema_batch_stats=batch_stats if ema else {})
 
 
+def init_from_checkpoint(state: TrainState, path: str, num_classes: int, ema: bool) -> TrainState:
+  """`state` with the weights of the training checkpoint at `path` (see `checkpoint.read_weights`).
+
+  Arrays the checkpoint lacks (e.g. auxiliary heads it was trained without) keep their fresh
+  initialisation, as do classifier layers whose class count differs (a new head); any other difference in
+  shape is an error. The optimizer state and the step start afresh.
+  """
+  loaded = checkpoint.read_weights(path)
+  fresh: list[str] = []
+  params = _graft(state.params, loaded['params'], num_classes, path, fresh)
+  batch_stats = _graft(state.batch_stats, loaded['batch_stats'], num_classes, path, fresh)
+  total = len(jax.tree.leaves((state.params, state.batch_stats)))
+  if len(fresh) == total:
+    raise ValueError(f'init_from {path!r}: none of its arrays belongs to this model '
+                     '(a checkpoint of another architecture?)')
+  if jax.process_index() == 0:
+    print(f'init_from {path}: {total - len(fresh)} of {total} arrays loaded'
+          + (f'; freshly initialised: {", ".join(fresh)}' if fresh else ''), flush=True)
+  copy = functools.partial(jax.tree.map, jnp.copy)  # the step donates its state: no buffer twice in it
+  return state.replace(params=params, batch_stats=batch_stats, ema_params=copy(params) if ema else {},
+                       ema_batch_stats=copy(batch_stats) if ema else {})
+
+
+def _graft(target: PyTree, source: PyTree, num_classes: int, path: str, fresh: list[str]) -> PyTree:
+  """`target` with each array replaced by `source`'s of the same name and shape (placed like target's)."""
+  flat_source = flax.traverse_util.flatten_dict(source, sep='/')
+  out = {}
+  for name, old in flax.traverse_util.flatten_dict(target, sep='/').items():
+    new = flat_source.get(name)
+    if new is not None and new.shape == old.shape:
+      out[name] = jax.device_put(np.asarray(new, old.dtype), old.sharding)
+      continue
+    if new is not None and not (old.ndim == new.ndim and old.shape[-1] == num_classes):
+      raise ValueError(f'init_from {path!r}: {name} has shape {tuple(new.shape)} there but '
+                       f'{tuple(old.shape)} here; only the classifier may differ (in its class count)')
+    fresh.append(name)
+    out[name] = old
+  return flax.traverse_util.unflatten_dict(out, sep='/')
+
+
 # --- steps --------------------------------------------------------------------------------------------------
 
 
@@ -267,6 +307,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if start:
     state = ckpt.restore(state)
     print(f'resumed from step {start} in {ckpt.directory}', flush=True)
+  elif config.init_from:
+    state = init_from_checkpoint(state, config.init_from, num_classes, ema=bool(config.ema_decay))
 
   reporter = Reporter(workdir, total_steps, config.batch_size)
   reporter.write_config(workdir, config.to_dict())

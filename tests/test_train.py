@@ -1,13 +1,16 @@
 """The training system: durations, the sharded step, the loop's outputs, resuming, config errors."""
 
+import functools
 import json
 import os
 import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from experiments.configs import base
@@ -32,6 +35,8 @@ def tiny_config(data_dir, **overrides):
   c.augment.aspect_ratio_range = (1.0, 1.0)
   c.batch_size = 8
   c.eval_batch_size = 8
+  c.total_epochs = None
+  c.eval_every_epochs = None
   c.total_steps = 4
   c.log_every_steps = 1
   c.optimizer = 'adamw'
@@ -115,10 +120,10 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, fash
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
-def _one_step(devices, bn_per_device=False):
+def _one_step(devices, bn_per_device=False, dtype='float32'):
   """One training step of a BN model on a fixed global batch of 16, on a mesh of `devices`."""
   c = tiny_config('', model='bn_inception', image_size=32, batch_size=16, bn_per_device=bn_per_device,
-                  optimizer='sgd', learning_rate=0.01, label_smoothing=0.1, weight_decay=4e-5)
+                  optimizer='sgd', learning_rate=0.01, label_smoothing=0.1, weight_decay=4e-5, dtype=dtype)
   c.model_overrides = ml_collections.ConfigDict({'dropout_rate': 0.0})
   model = train.build_model(c, 10)
   tx, schedule = train.build_optimizer(c, 10, 10, 16)
@@ -177,3 +182,89 @@ def test_preset_path_form_and_overrides(tmp_path, fashion_dir):
   assert 'final test accuracy over all 13 examples' in result.stdout
   saved = json.load(open(tmp_path / 'w' / 'config.json'))
   assert saved['model'] == 'bn_inception' and saved['model_overrides']['dropout_rate'] == 0.0
+
+
+def test_bfloat16_compute_keeps_float32_params_statistics_and_loss():
+  f32, m32 = _one_step(jax.devices()[:1])
+  bf16, m16 = _one_step(jax.devices()[:1], dtype='bfloat16')
+  leaves = jax.tree.leaves((bf16.params, bf16.batch_stats, bf16.opt_state, bf16.ema_params))
+  assert {x.dtype for x in leaves if np.issubdtype(x.dtype, np.floating)} == {np.dtype('float32')}
+  assert m16['loss'].dtype == np.float32
+  np.testing.assert_allclose(m16['loss'], m32['loss'], rtol=2e-2)  # bf16 keeps 8 bits of mantissa
+  # (The gradients are not compared: at initialisation the backward pass through many train-mode
+  # BatchNorms amplifies rounding, and the two agree only in rough direction.)
+  # The activations are bfloat16, the logits float32.
+  c = tiny_config('', model='bn_inception', dtype='bfloat16')
+  c.model_overrides = ml_collections.ConfigDict({})
+  model = train.build_model(c, 10)
+  x = np.ones((2, 32, 32, 3), np.float32)
+  variables = model.init(jax.random.key(0), x)
+  out, inter = jax.eval_shape(lambda: model.apply(variables, x, train=True, capture_intermediates=True,
+                                                       mutable=['batch_stats', 'intermediates']))
+  assert inter['intermediates']['inception_3a']['__call__'][0].dtype == jnp.bfloat16
+  assert out.logits.dtype == jnp.float32
+
+
+def test_v3_optimizer_follows_tf_rmsprop_staircase_and_clipping_by_hand():
+  from experiments.configs import v3
+  c = v3.get_config()
+  tx, schedule = train.build_optimizer(c, total_steps=100, steps_per_epoch=3, global_batch=c.batch_size)
+  rng = np.random.default_rng(0)
+  w = {'conv': {'kernel': rng.normal(size=(3, 3, 2, 4)).astype(np.float32)}}
+  opt_state = tx.init(w)
+  x = w['conv']['kernel'].astype(np.float64)
+  ms, mom = np.ones_like(x), np.zeros_like(x)   # TF's RMSProp starts its accumulator at 1
+  for t in range(14):
+    g = rng.normal(size=x.shape) * (3.0 if t % 2 else 0.1)  # every other step exceeds the 2.0 norm
+    g_clipped = g * min(1.0, 2.0 / np.linalg.norm(g))
+    lr = 0.045 * 0.94 ** (t // 6)  # decay every 2 epochs = 6 steps, staircase
+    ms = 0.9 * ms + 0.1 * g_clipped ** 2
+    mom = 0.9 * mom + lr * g_clipped / np.sqrt(ms + 1.0)
+    x = x - mom
+    assert float(schedule(t)) == pytest.approx(lr, rel=1e-6)
+    updates, opt_state = tx.update({'conv': {'kernel': g.astype(np.float32)}}, opt_state, w)
+    w = optax.apply_updates(w, updates)
+    np.testing.assert_allclose(w['conv']['kernel'], x, rtol=1e-5, atol=1e-6)
+
+
+def three_class_folder(root):
+  """An ImageFolder of 3 classes × 10 small PNGs: a dataset with another class count than Fashion-MNIST."""
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for c in range(3):
+    os.makedirs(os.path.join(root, f'class{c}'))
+    for i in range(10):
+      pixels = rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(os.path.join(root, f'class{c}', f'{i}.png'))
+  return f'imagefolder:{root}'
+
+
+def test_init_from_loads_the_trunk_and_makes_a_new_head(tmp_path, fashion_dir, capsys):
+  source, tuned, fresh = (str(tmp_path / d) for d in ('source', 'tuned', 'fresh'))
+  train.train_and_evaluate(tiny_config(fashion_dir, total_steps=3, learning_rate=1e-2), source)
+  trained = checkpoint.read_weights(source)['params']
+  # Fine-tune on 3 classes at a learning rate too small to move a float32 weight: after one step the
+  # weights are those the run started from.
+  folder = three_class_folder(str(tmp_path / 'folder'))
+  still = dict(dataset=folder, total_steps=1, learning_rate=1e-30)
+  train.train_and_evaluate(tiny_config('', init_from=source, **still), tuned)
+  train.train_and_evaluate(tiny_config('', **still), fresh)
+  assert 'init_from' in capsys.readouterr().out
+  tuned_params, fresh_params = (checkpoint.read_weights(d)['params'] for d in (tuned, fresh))
+  same = functools.partial(np.testing.assert_allclose, rtol=1e-7, atol=1e-20)  # zeros may move by 1e-30
+  for layer in ('conv1', 'conv2', 'fc1', 'fc2'):
+    jax.tree.map(same, tuned_params[layer], trained[layer])
+  assert tuned_params['fc']['kernel'].shape == (84, 3)
+  jax.tree.map(same, tuned_params['fc'], fresh_params['fc'])
+  assert not np.array_equal(fresh_params['conv1']['conv']['kernel'], trained['conv1']['conv']['kernel'])
+
+
+def test_init_from_a_mismatched_or_missing_checkpoint_is_one_clear_error(tmp_path, fashion_dir):
+  source = str(tmp_path / 'source')
+  train.train_and_evaluate(tiny_config(fashion_dir, total_steps=1), source)
+  # At 32 pixels LeNet's first dense layer is wider: not a classifier, so not allowed to differ.
+  with pytest.raises(ValueError, match=r'fc1/kernel has shape \(400, 120\) there but \(576, 120\) here'):
+    train.train_and_evaluate(tiny_config(fashion_dir, init_from=source, image_size=32), str(tmp_path / 'a'))
+  with pytest.raises(ValueError, match='no checkpoint there'):
+    train.train_and_evaluate(tiny_config(fashion_dir, init_from=str(tmp_path / 'nowhere')), str(tmp_path / 'b'))
+  assert checkpoint.Checkpointer(source).latest_step() == 1  # the source run is untouched

@@ -17,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
       'bn_epsilon': placeholder(float), 'bn_scale': placeholder(bool)})
   c.aux_logits = True
   c.num_classes = 0          # 0: the dataset's
+  c.init_from = ''           # fine-tune: a training run's workdir or checkpoint (a new head if classes differ)
   c.dtype = 'float32'        # compute dtype; 'bfloat16' keeps params, BN statistics and the loss in float32
   c.bn_per_device = False    # per-device BN statistics (shard_map) instead of global-batch BN
 
@@ -44,6 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = placeholder(int)
   c.checkpoint_every_epochs = placeholder(float)
   c.keep_checkpoints = 3
+  # ImageNet defaults. Placeholders first, so the command line can set any of them to None (e.g.
+  # --config.total_epochs=None --config.total_steps=1000).
+  c.total_epochs, c.log_every_steps, c.eval_every_epochs, c.checkpoint_every_steps = 100.0, 100, 1.0, 2000
 
   # Optimisation.
   c.optimizer = 'rmsprop'    # rmsprop (TF's), sgd, nesterov, adamw
@@ -64,3 +68,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.ema_warmup = True        # TF's num_updates: decay min(ema_decay, (1+step)/(10+step))
   c.seed = 0
   return c
+
+
+def no_argument(preset: str, arg: str | None) -> None:
+  """Presets without variants call this, so `--config=NAME:typo` is an error rather than ignored."""
+  if arg:
+    raise ValueError(f'the {preset} preset takes no argument, got {arg!r}')
