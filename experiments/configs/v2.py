@@ -19,8 +19,6 @@ def get_config(arg: str | None = None):
   base.no_argument('v2', arg)
   c = base.get_config()
   c.model = 'inception_v2'
-  c.model_overrides.stem = '7x7'     # Table 3's switches, overridable from the command line
-  c.model_overrides.aux_bn = False
   c.model_overrides.bn_momentum = 0.9997
   c.optimizer = 'sgd'
   c.label_smoothing = 0.0

@@ -4,20 +4,21 @@ ImageNet (paper: 21.2% top-1 / 5.6% top-5 error single crop, i.e. 78.8 / 94.4 ac
     python -m experiments.imagenet --config=v3 --workdir=/tmp/v3
 RMSProp (decay 0.9, ε 1.0), lr 0.045 decayed ×0.94 every 2 epochs, gradient clipping at 2.0, label
 smoothing 0.1, auxiliary head (with BN) weight 0.4, weight decay 4e-5, Polyak averaging, BN momentum 0.9997.
-It is `v2_factorized_7x7` with BN in the auxiliary head's fully connected layer.
+It is `v2_factorized_7x7` with BN in the auxiliary head's fully connected layer (`inception_v3` is
+`inception_v2` with `stem='3x3', aux_bn=True`).
 
 Embedded default (`v3:fashion_mnist`): the full Inception-v3 on Fashion-MNIST resized to 75 pixels (the
 smallest input the architecture takes; its auxiliary head needs 107, so it is off), on a CPU:
     python -m experiments.imagenet --config=v3:fashion_mnist --workdir=/tmp/v3_fmnist
 """
 
-from experiments.configs import v2_factorized_7x7
+from experiments.configs import base
 
 
 def get_config(arg: str | None = None):
-  c = v2_factorized_7x7.get_config()
+  c = base.get_config()  # the defaults are this recipe
   c.model = 'inception_v3'
-  c.model_overrides.aux_bn = True
+  c.model_overrides.bn_momentum = 0.9997
   if arg == 'fashion_mnist':
     fashion_mnist(c)
   elif arg:
