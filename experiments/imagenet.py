@@ -14,9 +14,6 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-# TensorFlow (the input pipeline) logs its C++ INFO lines at import; the progress line is the output.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
-
 CONFIGS = os.path.join(os.path.dirname(__file__), 'configs')
 
 

@@ -39,23 +39,36 @@ class Checkpointer:
 
 
 def read_weights(path: str) -> dict[str, Any]:
-  """`params` and `batch_stats` (as numpy arrays) of a training checkpoint: `path` is a workdir, its
-  `checkpoints/` directory (the newest step is read) or one step directory in it."""
-  directory = os.path.abspath(path)
-  if os.path.isdir(os.path.join(directory, 'checkpoints')):
-    directory = os.path.join(directory, 'checkpoints')
-  if os.path.isdir(directory) and not os.path.isdir(os.path.join(directory, 'default')):
-    found = [int(d) for d in os.listdir(directory)
-             if d.isdigit() and os.path.isdir(os.path.join(directory, d, 'default'))]
-    if found:
-      directory = os.path.join(directory, str(max(found)))
-  item = os.path.join(directory, 'default')
-  if not os.path.isdir(item):
+  """`params` and `batch_stats` (as numpy arrays) saved under `path`: a training run's workdir, its
+  `checkpoints/` directory (the newest step is read) or one step directory in it; or a directory that
+  `ocp.StandardCheckpointer` wrote a `{'params': ..., 'batch_stats': ...}` tree to (exported weights)."""
+  item = _weights_item(os.path.abspath(path))
+  if item is None:
     raise ValueError(f'init_from {path!r}: no checkpoint there (give a workdir, its checkpoints/ '
-                     'directory or one step directory in it)')
+                     'directory, one step directory in it, or a directory of weights saved with orbax)')
   checkpointer = ocp.StandardCheckpointer()
-  metadata = checkpointer.metadata(item).item_metadata
+  metadata = dict(checkpointer.metadata(item).item_metadata)
+  if 'params' not in metadata:
+    raise ValueError(f'init_from {path!r}: the checkpoint has no params (top-level keys: '
+                     f'{", ".join(sorted(metadata))})')
   # Orbax restores whole trees only; numpy targets keep it off the devices.
-  target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), dict(metadata))
+  target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metadata)
   restored = checkpointer.restore(item, target)
   return {'params': restored['params'], 'batch_stats': restored.get('batch_stats', {})}
+
+
+def _weights_item(directory: str) -> str | None:
+  """The orbax item directory under `directory`, or None."""
+  if os.path.isdir(os.path.join(directory, 'checkpoints')):
+    directory = os.path.join(directory, 'checkpoints')
+  if not os.path.isdir(directory):
+    return None
+  steps = [int(d) for d in os.listdir(directory)
+           if d.isdigit() and os.path.isdir(os.path.join(directory, d, 'default'))]
+  if steps:  # a CheckpointManager's directory: its newest step
+    directory = os.path.join(directory, str(max(steps)))
+  if os.path.isdir(os.path.join(directory, 'default')):  # one step of it
+    return os.path.join(directory, 'default')
+  if os.path.exists(os.path.join(directory, '_CHECKPOINT_METADATA')):  # a StandardCheckpointer item
+    return directory
+  return None

@@ -268,3 +268,17 @@ def test_init_from_a_mismatched_or_missing_checkpoint_is_one_clear_error(tmp_pat
   with pytest.raises(ValueError, match='no checkpoint there'):
     train.train_and_evaluate(tiny_config(fashion_dir, init_from=str(tmp_path / 'nowhere')), str(tmp_path / 'b'))
   assert checkpoint.Checkpointer(source).latest_step() == 1  # the source run is untouched
+
+
+def test_init_from_reads_each_form_of_a_saved_run_and_exported_weights(tmp_path, fashion_dir):
+  import orbax.checkpoint as ocp
+  source = tmp_path / 'source'
+  train.train_and_evaluate(tiny_config(fashion_dir, total_steps=2, checkpoint_every_steps=1), str(source))
+  newest = checkpoint.read_weights(str(source))
+  step1 = checkpoint.read_weights(str(source / 'checkpoints' / '1'))
+  jax.tree.map(np.testing.assert_array_equal, checkpoint.read_weights(str(source / 'checkpoints')), newest)
+  assert not np.array_equal(step1['params']['fc']['kernel'], newest['params']['fc']['kernel'])
+  exported = str(tmp_path / 'exported')
+  with ocp.StandardCheckpointer() as saver:
+    saver.save(exported, {'params': newest['params'], 'batch_stats': {}})
+  jax.tree.map(np.testing.assert_array_equal, checkpoint.read_weights(exported)['params'], newest['params'])
