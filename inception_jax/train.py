@@ -85,7 +85,8 @@ def build_optimizer(config: ml_collections.ConfigDict, total_steps: int, steps_p
   tx = optim.create_optimizer(
       config.optimizer, schedule, clip_norm=config.clip_norm or None,
       weight_decay=config.weight_decay, decoupled=config.decoupled_weight_decay,
-      momentum=config.momentum, rmsprop_decay=config.rmsprop_decay, rmsprop_epsilon=config.rmsprop_epsilon)
+      momentum=config.momentum, rmsprop_decay=config.rmsprop_decay, rmsprop_epsilon=config.rmsprop_epsilon,
+      adam_b1=config.adam_b1, adam_b2=config.adam_b2, adam_epsilon=config.adam_epsilon)
   return tx, schedule
 
 

@@ -59,6 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.momentum = 0.9
   c.rmsprop_decay = 0.9
   c.rmsprop_epsilon = 1.0
+  c.adam_b1, c.adam_b2, c.adam_epsilon = 0.9, 0.999, 1e-8
   c.clip_norm = 2.0          # global-norm clipping; 0 turns it off
   c.weight_decay = 4e-5      # L2 on conv/dense kernels (TF-slim's ½·w·Σk²) ...
   c.decoupled_weight_decay = False  # ... or decoupled, applied by the optimizer

@@ -43,6 +43,9 @@ def fashion_mnist(c):
   c.checkpoint_every_steps = 400
   c.model_overrides.bn_momentum = 0.9
   c.optimizer = 'adamw'
+  # The first steps' gradient norms are ~10× later ones; b2 = 0.99 forgets them within ~100 steps
+  # instead of ~1000 (82.7% vs 82.0% top-1 at 800 steps, one run each).
+  c.adam_b2 = 0.99
   c.learning_rate = 0.002
   c.schedule = 'cosine'
   c.warmup_steps = 20
