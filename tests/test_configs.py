@@ -90,13 +90,14 @@ def test_v3_recipe_is_the_papers():
 
 
 def test_rethinking_v2_factorized_row_is_v3_without_bn_auxiliary():
-  # The last two rows differ only in the auxiliary head's BN: same trunk, one more BN in the aux head.
+  # The last two rows differ only in the auxiliary head's BN: same trunk.
   kwargs = dict(num_classes=1000, aux_logits=True)
   x = jax.ShapeDtypeStruct((1, 107, 107, 3), jnp.float32)
   count = lambda m: sum(a.size for a in jax.tree.leaves(jax.eval_shape(m.init, jax.random.key(0), x)['params']))
   v2f = models.create_model('inception_v2', stem='3x3', **kwargs)
   v3 = models.create_model('inception_v3', **kwargs)
-  assert count(v3) - count(v2f) == 768  # BN scale and bias of the aux head's 768-wide layer
+  # The aux head's 768-wide layer trades its bias (768) for BN's scale and bias (2 × 768).
+  assert count(v3) - count(v2f) == 768
 
 
 def test_xception_ablations_flip_one_switch():
