@@ -40,12 +40,14 @@ class Checkpointer:
 
 def read_weights(path: str) -> dict[str, Any]:
   """`params` and `batch_stats` (as numpy arrays) saved under `path`: a training run's workdir, its
-  `checkpoints/` directory (the newest step is read) or one step directory in it; or a directory that
-  `ocp.StandardCheckpointer` wrote a `{'params': ..., 'batch_stats': ...}` tree to (exported weights)."""
+  `checkpoints/` directory (the newest step is read) or one step directory in it; a directory of converted
+  pretrained weights (`python -m experiments.convert`); or a directory that `ocp.StandardCheckpointer`
+  wrote a `{'params': ..., 'batch_stats': ...}` tree to (exported weights)."""
   item = _weights_item(os.path.abspath(path))
   if item is None:
     raise ValueError(f'init_from {path!r}: no checkpoint there (give a workdir, its checkpoints/ '
-                     'directory, one step directory in it, or a directory of weights saved with orbax)')
+                     'directory, one step directory in it, a directory of converted weights, or a '
+                     'directory of weights saved with orbax)')
   checkpointer = ocp.StandardCheckpointer()
   metadata = dict(checkpointer.metadata(item).item_metadata)
   if 'params' not in metadata:
@@ -59,8 +61,10 @@ def read_weights(path: str) -> dict[str, Any]:
 
 def _weights_item(directory: str) -> str | None:
   """The orbax item directory under `directory`, or None."""
-  if os.path.isdir(os.path.join(directory, 'checkpoints')):
-    directory = os.path.join(directory, 'checkpoints')
+  for inner in ('checkpoints', 'variables'):  # a run's workdir; converted weights (model.json + variables)
+    if os.path.isdir(os.path.join(directory, inner)):
+      directory = os.path.join(directory, inner)
+      break
   if not os.path.isdir(directory):
     return None
   steps = [int(d) for d in os.listdir(directory)

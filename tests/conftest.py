@@ -9,6 +9,8 @@ import os
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# Keras (a peer library in the weight-import tests) runs on JAX; it reads this when first imported.
+os.environ.setdefault('KERAS_BACKEND', 'jax')
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 

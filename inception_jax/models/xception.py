@@ -16,8 +16,9 @@ Layout and ReLU placement follow Keras `applications.Xception` exactly (its Imag
 reference; timm's `legacy_xception` is a port of them): a module starts with a ReLU except the first, whose
 input has just been through one; the shortcut reads the module's input before that ReLU; strided modules end
 in a 3×3/2 'SAME' max pool. timm pads that pool by one on every side, which differs from 'SAME' on even grids
-(74×74 → 37×37); 'SAME' is kept because the Keras weights were trained with it. Submodule names follow
-timm's (conv1, conv2, block1..block12, conv3, conv4, fc).
+(74×74 → 37×37); 'SAME' is the default because the Keras weights were trained with it, and
+`padding_style='torch'` reproduces timm (with its BN epsilon of 1e-5 that imports its weights exactly).
+Submodule names follow timm's (conv1, conv2, block1..block12, conv3, conv4, fc).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ MIDDLE_FLOW = (((728, 728, 728), 1),) * 8
 EXIT_MODULE = ((728, 1024), 2)  # 'grow_first=False': stays at 728, then widens to 1024
 BLOCKS = ENTRY_FLOW + MIDDLE_FLOW + (EXIT_MODULE,)
 EXIT_FEATURES = (1536, 2048)
+POOL_PADDING = {'same': 'SAME', 'torch': 1}
 
 
 class SeparableConvBN(nn.Module):
@@ -72,13 +74,15 @@ class XceptionBlock(nn.Module):
 
   Attributes:
     features: output features of each separable convolution.
-    strides: 2 ends the module with a 3×3/2 'SAME' max pool and makes the projection shortcut strided.
+    strides: 2 ends the module with a 3×3/2 max pool and makes the projection shortcut strided.
+    pool_padding: that pool's padding: 'SAME' (Keras) or 1 on every side (timm).
     start_with_relu: False only for the first module (its input is already rectified).
     residual: add the shortcut (identity, or 1×1 conv + BN when the shape changes).
     sep_conv: SeparableConvBN factory carrying the family's BN/dtype/init conventions.
   """
   features: tuple[int, ...]
   strides: int = 1
+  pool_padding: layers.Padding = 'SAME'
   start_with_relu: bool = True
   residual: bool = True
   sep_conv: Callable[..., nn.Module] = SeparableConvBN
@@ -92,7 +96,7 @@ class XceptionBlock(nn.Module):
         x = nn.relu(x)
       x = self.sep_conv(features, name=f'sepconv{i + 1}')(x, train)
     if self.strides != 1:
-      x = layers.max_pool(x, 3, self.strides, 'SAME')
+      x = layers.max_pool(x, 3, self.strides, self.pool_padding)
     if not self.residual:
       return x
     if self.strides != 1 or shortcut.shape[-1] != x.shape[-1]:
@@ -112,10 +116,13 @@ class Xception(layers.BNConvNet):
     dropout_rate: dropout before the classifier (the paper's ImageNet model has none).
     bn_scale: BN has gamma (Keras and timm both do).
     bn_epsilon: Keras' 1e-3 (timm's port uses PyTorch's 1e-5).
+    padding_style: 'same' (Keras: strided modules end in a 'SAME' max pool) or 'torch' (timm's
+      legacy_xception: padded by one on every side, which differs on even grids).
   """
   aux_logits: bool = False
   residual: bool = True
   mid_activation: str | None = None
+  padding_style: str = 'same'
   dropout_rate: float = 0.0
 
   # Two VALID 3×3 convolutions (the first strided) need 7 pixels; everything after pads 'SAME'.
@@ -126,6 +133,9 @@ class Xception(layers.BNConvNet):
     if self.mid_activation not in MID_ACTIVATIONS:
       valid = ', '.join(repr(k) for k in MID_ACTIVATIONS)
       raise ValueError(f'xception: mid_activation must be one of {valid}; got {self.mid_activation!r}')
+    if self.padding_style not in POOL_PADDING:
+      raise ValueError(f"xception: padding_style must be 'same' (Keras) or 'torch' (timm); "
+                       f'got {self.padding_style!r}')
     super().__post_init__()
 
   @nn.compact
@@ -140,8 +150,8 @@ class Xception(layers.BNConvNet):
     x = conv(32, 3, strides=2, padding='VALID', name='conv1')(x, train)
     x = conv(64, 3, padding='VALID', name='conv2')(x, train)
     for i, (features, strides) in enumerate(BLOCKS):
-      x = XceptionBlock(features, strides, start_with_relu=i > 0, residual=self.residual,
-                        sep_conv=sep_conv, conv=conv, name=f'block{i + 1}')(x, train)
+      x = XceptionBlock(features, strides, POOL_PADDING[self.padding_style], start_with_relu=i > 0,
+                        residual=self.residual, sep_conv=sep_conv, conv=conv, name=f'block{i + 1}')(x, train)
     for i, features in enumerate(EXIT_FEATURES):
       x = sep_conv(features, activation=nn.relu, name=f'conv{i + 3}')(x, train)
 
