@@ -14,6 +14,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments.configs import base
+
 CONFIGS = os.path.join(os.path.dirname(__file__), 'configs')
 
 
@@ -66,16 +68,18 @@ _MULTIHOST = flags.DEFINE_bool('multihost', False, 'initialise jax.distributed f
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-DURATIONS = ('total', 'warmup', 'log_every', 'eval_every', 'checkpoint_every')
+def command_line_keys(argv: list[str]) -> set[str]:
+  """Config keys set on the command line (`--config.batch_size=8` -> 'batch_size')."""
+  return {a[len('--config.'):].split('=')[0] for a in argv if a.startswith('--config.')}
 
 
 def _command_line_durations_win(config, argv: list[str]) -> None:
   """A duration given on the command line replaces the preset's, whichever unit the preset used: with
   `--config=v3 --config.total_steps=1000` the preset's `total_epochs` is dropped. (config_flags cannot
   set a float to None from the command line, so without this the two would clash.)"""
-  given = {a[len('--config.'):].split('=')[0] for a in argv if a.startswith('--config.')}
+  given = command_line_keys(argv)
   with config.unlocked():
-    for prefix in DURATIONS:
+    for prefix in base.DURATIONS:
       for unit, other in (('steps', 'epochs'), ('epochs', 'steps')):
         if f'{prefix}_{unit}' in given and f'{prefix}_{other}' not in given:
           config[f'{prefix}_{other}'] = None

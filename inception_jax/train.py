@@ -118,10 +118,22 @@ def init_from_checkpoint(state: TrainState, path: str, num_classes: int, ema: bo
                      '(a checkpoint of another architecture?)')
   if jax.process_index() == 0:
     print(f'init_from {path}: {total - len(fresh)} of {total} arrays loaded'
-          + (f'; freshly initialised: {", ".join(fresh)}' if fresh else ''), flush=True)
+          + (f'; freshly initialised: {_summary(fresh)}' if fresh else ''), flush=True)
   copy = functools.partial(jax.tree.map, jnp.copy)  # the step donates its state: no buffer twice in it
   return state.replace(params=params, batch_stats=batch_stats, ema_params=copy(params) if ema else {},
                        ema_batch_stats=copy(batch_stats) if ema else {})
+
+
+def _summary(names: list[str]) -> str:
+  """Array names, with those sharing a last-two-component suffix counted when there are many (a model
+  imported without BN scales lacks ~100 '.../bn/scale')."""
+  groups: dict[str, list[str]] = {}
+  for name in names:
+    groups.setdefault('/'.join(name.split('/')[-2:]), []).append(name)
+  parts = []
+  for suffix, members in groups.items():
+    parts += [f'{len(members)} × */{suffix}'] if len(members) > 3 else members
+  return ', '.join(parts)
 
 
 def _graft(target: PyTree, source: PyTree, num_classes: int, path: str, fresh: list[str]) -> PyTree:
@@ -263,8 +275,14 @@ def _check_finite(step: int, metrics: dict[str, float]) -> None:
       raise FloatingPointError(f'non-finite {k} ({metrics[k]}) at step {step}')
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming from its newest checkpoint) and returns the final eval metrics."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       make_probe: Callable[[nn.Module], Callable[[int, TrainState, dict], None]] | None = None
+                       ) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming from its newest checkpoint) and returns the final eval metrics.
+
+  `make_probe(model)`, if given, returns `probe(step, state, batch)`, which sees the state and the global
+  batch before every training step (`step` updates done); the gradient-flow study measures there.
+  """
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f'workdir {workdir!r} exists and is not a directory')
   os.makedirs(workdir, exist_ok=True)
@@ -297,6 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checkpoint_every = steps('checkpoint_every', config, steps_per_epoch, default=total_steps)
 
   model = build_model(config, num_classes)
+  probe = make_probe(model) if make_probe else None
   tx, schedule = build_optimizer(config, total_steps, steps_per_epoch, config.batch_size)
   steps_ = Steps(model, tx, schedule, config)
   rng = jax.random.key(config.seed)
@@ -336,7 +355,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   reporter.start(start)
   pending = None
   for step in range(start + 1, total_steps + 1):
-    state, metrics = steps_.train_step(state, steps_.global_batch(next(train_iter)), step_rng)
+    batch = steps_.global_batch(next(train_iter))
+    if probe is not None:
+      probe(step - 1, state, batch)
+    state, metrics = steps_.train_step(state, batch, step_rng)
     if step % log_every == 0 or step == total_steps:
       pending = jax.device_get(metrics)
       _check_finite(step, pending)

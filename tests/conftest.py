@@ -11,6 +11,10 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # Keras (a peer library in the weight-import tests) runs on JAX; it reads this when first imported.
 os.environ.setdefault('KERAS_BACKEND', 'jax')
+# timm imports torch._dynamo, which imports triton (GPU kernels) if it is installed; triton's compiled module
+# crashes the process when TensorFlow was loaded first. torch runs without it on the CPU.
+import sys  # noqa: E402
+sys.modules.setdefault('triton', None)
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 
@@ -19,9 +23,21 @@ jax.config.update('jax_disable_most_optimizations', True)
 
 import gzip  # noqa: E402
 import struct  # noqa: E402
+import subprocess  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_module(module, *args, cwd=ROOT, timeout=300):
+  """Runs `python -m module args` as a user would; the child compiles like the rest of the suite (most XLA
+  optimisations off) and sees the same eight simulated devices."""
+  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='true')
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=cwd, capture_output=True, text=True,
+                        timeout=timeout, env=env)
 
 
 def write_idx(path, array):

@@ -3,8 +3,6 @@
 import functools
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +15,8 @@ from experiments.configs import base
 from inception_jax import checkpoint, train
 from inception_jax.data import sources
 
-from conftest import write_idx
+from conftest import ROOT, run_module, write_idx
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(data_dir, **overrides):
@@ -153,10 +150,7 @@ def test_eight_device_step_equals_one_device_step_with_global_batch_norm():
 
 
 def _cli(*args, cwd=ROOT):
-  # The child compiles like the rest of the suite: most XLA optimisations off (conftest.py).
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='true')
-  return subprocess.run([sys.executable, '-m', 'experiments.imagenet', *args], cwd=cwd, capture_output=True,
-                        text=True, timeout=300, env=env)
+  return run_module('experiments.imagenet', *args, cwd=cwd)
 
 
 @pytest.mark.parametrize('args,message', [

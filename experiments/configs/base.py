@@ -14,7 +14,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Unset (None) overrides keep the model's default; presets add their family's switches here.
   c.model_overrides = ml_collections.ConfigDict({
       'dropout_rate': placeholder(float), 'bn_momentum': placeholder(float),
-      'bn_epsilon': placeholder(float), 'bn_scale': placeholder(bool)})
+      'bn_epsilon': placeholder(float), 'bn_scale': placeholder(bool),
+      'pool_count_include_pad': placeholder(bool)})
   c.aux_logits = True
   c.num_classes = 0          # 0: the dataset's
   c.init_from = ''           # fine-tune: a training run's workdir or checkpoint (a new head if classes differ)
@@ -75,3 +76,37 @@ def no_argument(preset: str, arg: str | None) -> None:
   """Presets without variants call this, so `--config=NAME:typo` is an error rather than ignored."""
   if arg:
     raise ValueError(f'the {preset} preset takes no argument, got {arg!r}')
+
+
+DURATIONS = ('total', 'warmup', 'log_every', 'eval_every', 'checkpoint_every')
+
+
+def short_run(c: ml_collections.ConfigDict, steps: int, dataset: str = 'fashion_mnist',
+              image_size: int | None = None, keep: set[str] = frozenset()) -> ml_collections.ConfigDict:
+  """A preset cut down for the study tools (gradient flow, ablation sweeps) on a small machine.
+
+  `steps` steps of batch 32 on `dataset` (the embedded Fashion-MNIST by default) at the smallest input the
+  model's auxiliary heads take, whole images (no crops: Fashion-MNIST's 28-pixel images are already
+  small), one evaluation at the end. The preset's optimizer, schedule and regularisation stay; its
+  learning rate, set for the papers' batch of 256, is scaled linearly to batch 32, and its warm-up (if
+  any) is cut to a tenth of the run. What such a run measures is not the paper's ImageNet number.
+  Keys in `keep` (given on the command line) are left as they are.
+  """
+  from inception_jax import models  # configs stay importable without the package's heavy imports
+  info = models.model_info(c.model)
+  had_warmup = bool(c.warmup_steps or c.warmup_epochs)
+  changes = {
+      'dataset': dataset,
+      'image_size': image_size or (info.min_aux_input_size if c.aux_logits else max(info.min_input_size, 32)),
+      'augment.area_range': (1.0, 1.0), 'eval_crop_pct': 1.0, 'batch_size': 32, 'eval_batch_size': 512,
+      'lr_reference_batch': c.lr_reference_batch or 256,
+      **{f'{prefix}_{unit}': None for prefix in DURATIONS for unit in ('steps', 'epochs')},
+      'total_steps': steps, 'warmup_steps': max(1, steps // 10) if had_warmup else None,
+      'log_every_steps': max(1, steps // 10), 'checkpoint_every_steps': steps}
+  with c.unlocked():
+    for key, value in changes.items():
+      if key in keep:
+        continue
+      node, _, leaf = key.rpartition('.')
+      (c[node] if node else c)[leaf] = value
+  return c
