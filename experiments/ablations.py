@@ -77,6 +77,7 @@ def run_row(row: Row, args, image_size: int) -> dict:
     return result
   print(f'--- {row.preset}: {row.change}', flush=True)
   config = base.short_run(preset(row.preset), args.steps, args.dataset, image_size)
+  config.data_dir = args.data_dir
   result = train.train_and_evaluate(config, workdir)
   result = {**result, 'g_macs': g_macs(config), 'image_size': config.image_size, 'steps': args.steps}
   with open(result_path + '.tmp', 'w') as f:
@@ -86,7 +87,7 @@ def run_row(row: Row, args, image_size: int) -> dict:
 
 
 def _pct(x: float | None) -> str:
-  return '–' if x is None else f'{x:.1f}'
+  return '–' if x is None else f'{x:g}'
 
 
 def table(name: str, results: dict[str, dict], args) -> str:
@@ -115,8 +116,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--table', required=True, choices=sorted(TABLES))
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--rows', help='comma-separated presets of the table (default: all)')
-  parser.add_argument('--steps', type=int, default=150, help='training steps per row')
+  parser.add_argument('--steps', type=int, default=100, help='training steps per row')
   parser.add_argument('--dataset', default='fashion_mnist')
+  parser.add_argument('--data_dir', default='', help="the dataset's files (default: where it is installed)")
   parser.add_argument('--image_size', type=int, default=None,
                       help="default: the smallest input every row's auxiliary heads take")
   args = parser.parse_args(argv)

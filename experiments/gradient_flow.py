@@ -28,8 +28,12 @@ _DATASET = flags.DEFINE_string('dataset', 'fashion_mnist', 'dataset of the short
 _COMPARE = flags.DEFINE_bool('compare', False, 'auxiliary heads off / on / BN-auxiliary, one run each')
 
 
-def variants(config) -> dict[str, object]:
-  """The comparison runs: the same config without and with auxiliary heads (and with BN-auxiliary)."""
+def variants(config, same_input_size: bool = True) -> dict[str, object]:
+  """The comparison runs: the same config without and with auxiliary heads (and with BN-auxiliary).
+
+  With `same_input_size` every run gets the input size the auxiliary heads need, so the runs differ in the
+  heads alone.
+  """
   from inception_jax import models
   info = models.model_info(config.model)
   if not info.num_aux_heads:
@@ -47,8 +51,8 @@ def variants(config) -> dict[str, object]:
       c.aux_logits = change['aux_logits']
       if 'aux_bn' in change:
         c.model_overrides.aux_bn = change['aux_bn']
-      if _STEPS.value and 'image_size' not in imagenet.command_line_keys(sys.argv):
-        c.image_size = models.model_info(c.model).min_aux_input_size  # one size for all runs
+      if same_input_size:
+        c.image_size = max(c.image_size or 0, info.min_aux_input_size)
     out[name] = c
   return out
 
@@ -95,7 +99,7 @@ def main(argv):
       study(config, workdir)
       return
     runs, texts, structure = {}, [], None
-    for name, c in variants(config).items():
+    for name, c in variants(config, same_input_size=bool(_STEPS.value)).items():
       print(f'--- {name}', flush=True)
       records, s, text = study(c, os.path.join(workdir, name))
       runs[name], structure = records, (s if c.aux_logits else structure)

@@ -7,7 +7,8 @@ L2 norm of the gradient of that head's own loss with respect to the block's para
 total training loss, and the cosine between the main head's gradient and each other one, block by block.
 
 One measurement is one forward pass (`jax.vjp`) and one backward pass per head plus one for the total loss,
-on the training batch of that step, with the training-mode network (same dropout key as the step).
+on the training batch of that step, with the training-mode network (BN on batch statistics, dropout with a
+key of its own), before the step updates the weights.
 """
 
 from __future__ import annotations
@@ -118,8 +119,8 @@ def records(step: int, measured: dict[str, np.ndarray], heads: list[str],
 class GradientFlow:
   """Measures every `every` steps of a training run and appends to `workdir/gradient_flow.jsonl`.
 
-  Use as the `probe` of `train.train_and_evaluate`: it is called with the state and the global batch before
-  each training step (step = the number of updates done).
+  `train.train_and_evaluate(config, workdir, make_probe=lambda model: GradientFlow(model, ...))` calls it
+  with the state and the global batch before each training step (step = the number of updates done).
   """
   model: nn.Module
   image_size: int
@@ -132,7 +133,10 @@ class GradientFlow:
   def __post_init__(self):
     structure = blocks_lib.block_structure(self.model, self.image_size)
     self.structure = structure
-    self.blocks = list(structure.order)
+    x = jax.ShapeDtypeStruct((1, self.image_size, self.image_size, 3), jnp.float32)
+    rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(0)}
+    params = jax.eval_shape(lambda x: self.model.init(rngs, x, train=True), x)['params']
+    self.blocks = [b for b in structure.order if b in params]  # e.g. not a top-level Dropout
     num_aux = len(structure.aux_branch)
     self.heads = head_names(num_aux)
     self.probe = jax.jit(make_probe(self.model, self.blocks, smoothing=self.smoothing,
@@ -208,7 +212,8 @@ def summary(records_: list[dict], structure: blocks_lib.BlockStructure, aux_weig
   direction relative to the main head's, and how the main head's gradient changes with depth."""
   steps = sorted({r['step'] for r in records_})
   first, last = steps[0], steps[-1]
-  trunk = structure.trunk
+  recorded = {r['block'] for r in records_}
+  trunk = [b for b in structure.trunk if b in recorded]
   stem, top = trunk[0], trunk[-1]
   norm = {(r['step'], r['head'], r['block']): r['grad_norm'] for r in records_}
   text = [f'{label}measured at {len(steps)} steps ({first} to {last}).']
@@ -218,7 +223,7 @@ def summary(records_: list[dict], structure: blocks_lib.BlockStructure, aux_weig
                 f'{first} and {shares[1]:.1%} at step {last} (share = ‖w·Σ g_aux‖ / (‖g_main‖ + ‖w·Σ g_aux‖), '
                 f'w = {aux_weight}).')
     for head, branch in structure.aux_branch.items():
-      below = structure.upstream_of(head)
+      below = [b for b in structure.upstream_of(head) if b in recorded]
       cos = [np.mean([r['cos_to_main'] for r in records_ if r['step'] == s and r['head'] == head
                       and r['block'] in below and r['cos_to_main'] is not None] or [np.nan])
              for s in (first, last)]
@@ -248,7 +253,9 @@ def plot(records_: list[dict], structure: blocks_lib.BlockStructure, workdir: st
 
   steps = sorted({r['step'] for r in records_})
   heads = list(dict.fromkeys(r['head'] for r in records_))
-  order = list(structure.order)
+  recorded = {r['block'] for r in records_}
+  order = [b for b in structure.order if b in recorded]
+  trunk = [b for b in structure.trunk if b in recorded]
   norm = {(r['step'], r['head'], r['block']): r['grad_norm'] for r in records_}
   written = []
   for head in heads:
@@ -268,7 +275,6 @@ def plot(records_: list[dict], structure: blocks_lib.BlockStructure, workdir: st
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
 
-  trunk = list(structure.trunk)
   fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.3 * len(trunk) + 4), 4.5), sharey=True)
   for ax, step in zip(axes, (steps[0], steps[-1])):
     for head in heads:
@@ -295,7 +301,8 @@ def plot_comparison(runs: dict[str, list[dict]], structure: blocks_lib.BlockStru
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  trunk = list(structure.trunk)
+  recorded = {r['block'] for records_ in runs.values() for r in records_}
+  trunk = [b for b in structure.trunk if b in recorded]
   fig, ax = plt.subplots(figsize=(max(8, 0.3 * len(trunk) + 4), 4.5))
   for name, records_ in runs.items():
     last = max(r['step'] for r in records_)

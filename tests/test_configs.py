@@ -136,3 +136,20 @@ def test_base_holds_every_key_presets_set():
   for name in PRESETS:
     extra = {k for k in set(flat(load(name))) - keys if not k.startswith('model_overrides.')}
     assert not extra, f'{name} sets keys base.py lacks: {extra}'
+
+
+def test_short_run_keeps_the_recipe_and_cuts_the_budget():
+  """The study tools' budget: the row's optimizer and switches stay; size, data, durations change."""
+  paper = importlib.import_module('experiments.configs.v2_rmsprop').get_config()
+  short = base.short_run(importlib.import_module('experiments.configs.v2_rmsprop').get_config(), 120,
+                         keep={'batch_size'})
+  assert (short.optimizer, short.learning_rate, short.rmsprop_epsilon, short.clip_norm) == (
+      paper.optimizer, paper.learning_rate, paper.rmsprop_epsilon, paper.clip_norm)
+  assert short.dataset == 'fashion_mnist' and short.image_size == 107  # Inception-v2's aux head needs 107
+  assert short.total_steps == 120 and short.total_epochs is None and short.eval_every_epochs is None
+  assert train.steps('total', short, steps_per_epoch=1875) == 120
+  assert short.lr_reference_batch == 256 and short.ema_decay == 0.0
+  assert paper.model_overrides.bn_momentum == 0.9997 and short.model_overrides.bn_momentum == 0.9
+  assert short.batch_size == paper.batch_size  # given on the command line: kept
+  no_aux = importlib.import_module('experiments.configs.googlenet_no_aux').get_config()
+  assert base.short_run(no_aux, 10).image_size == 32

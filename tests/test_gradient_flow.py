@@ -158,3 +158,20 @@ def test_command_line_study_on_googlenet(tmp_path, fashion_dir):
   for name in ('heatmap_main.png', 'heatmap_aux2.png', 'depth_profile.png', 'summary.txt'):
     assert (workdir / name).exists()
   assert 'In the stem (conv1) the auxiliary heads carry' in (workdir / 'summary.txt').read_text()
+
+
+def test_comparison_runs_differ_in_the_auxiliary_heads_only():
+  from experiments import gradient_flow as cli
+  from experiments.configs import base, v1, v3
+  runs = cli.variants(base.short_run(v3.get_config(), 10))
+  assert list(runs) == ['no_aux', 'aux', 'bn_aux']
+  assert [c.aux_logits for c in runs.values()] == [False, True, True]
+  assert [runs['aux'].model_overrides.aux_bn, runs['bn_aux'].model_overrides.aux_bn] == [False, True]
+  assert {c.image_size for c in runs.values()} == {107}  # the aux heads' minimum, for all three
+  runs = cli.variants(base.short_run(v1.get_config(), 10))
+  assert list(runs) == ['no_aux', 'aux']
+  config = v1.get_config()
+  with config.unlocked():
+    config.model = 'xception'
+  with pytest.raises(ValueError, match='xception has no auxiliary heads'):
+    cli.variants(config)

@@ -1,17 +1,18 @@
 """Importers for Keras applications: `InceptionV3`, `Xception` and `InceptionResNetV2`.
 
-Files are read with h5py alone (Keras is not needed, and nothing in the file is executed): Keras 3's
-`.keras` archive, and the legacy `.h5` of tf.keras / Keras 2 / Keras 3's `model.save('x.h5')`, which is
-what `keras.applications` downloads.
+Files are read with h5py (nothing in the file is executed): Keras 3's `.keras` archive and `.weights.h5`,
+and the legacy `.h5` of tf.keras / Keras 2 / Keras 3's `model.save('x.h5')`, which is what
+`keras.applications` downloads. Only a bare `.weights.h5` needs Keras installed (below).
 
 Layers Keras was not given a name for are named by creation order: `conv2d`, `conv2d_1`, ... (Keras 2
 started at `conv2d_1`; a process that built other models first continues the count). Those layers are
 matched to ours in forward order, which follows the Keras code's creation order; the layers Keras names
 explicitly are matched by name.
 
-A bare Keras 3 `.weights.h5` names its layers by position in the model's graph order (`conv2d_7` is the
-eighth Conv2D of `model.layers`, whatever its name), which cannot be told apart without the model's
-config; the `.keras` archive carries that config, and we read the names from it.
+Keras 3's `.weights.h5` names its entries by position in the model's graph order (`conv2d_7` is the
+eighth Conv2D of `model.layers`, whatever its name). The `.keras` archive carries the model's config,
+which gives the real names; for a bare `.weights.h5`, Keras (if installed) builds the application to tell
+the order.
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ AUTO = {'conv': 'conv2d', 'bn': 'batch_normalization'}  # Keras' default names, 
 _BN_ROLES = {'scale': 'gamma', 'bias': 'beta', 'mean': 'moving_mean', 'var': 'moving_variance'}
 
 
-def read_weights_file(path: str) -> dict[str, dict[str, np.ndarray]]:
-  """{layer name: {variable role ('kernel', 'gamma', 'moving_mean', ...): array}} of a Keras file."""
+def read_weights_file(path: str, architecture: str | None = None) -> dict[str, dict[str, np.ndarray]]:
+  """{layer name: {variable role ('kernel', 'gamma', 'moving_mean', ...): array}} of a Keras file.
+
+  A bare Keras 3 `.weights.h5` needs `architecture` (the `keras.applications` name) and Keras itself to
+  tell which layer each of its entries is.
+  """
   import h5py
   if not os.path.isfile(path):
     raise core.ConversionError(f'{path}: no such file')
@@ -47,16 +52,31 @@ def read_weights_file(path: str) -> dict[str, dict[str, np.ndarray]]:
     with h5py.File(source, 'r') as f:
       if 'layer_names' in f.attrs or 'model_weights' in f:
         return _read_legacy(f['model_weights'] if 'model_weights' in f else f)
-      if config is None:
-        raise core.ConversionError(
-            f'{path}: a Keras 3 .weights.h5 names layers by their position in the model, not by name; '
-            "give the .keras file (model.save('model.keras')) or the legacy .h5 instead")
-      return _read_keras3(f['layers'], config)
+      return _read_keras3(f['layers'], config or _layer_list(architecture, path))
   except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
     if isinstance(e, core.ConversionError):
       raise
     raise core.ConversionError(f'{path}: not a readable Keras weights file (truncated or corrupt?): '
                                f'{str(e).splitlines()[0] if str(e) else type(e).__name__}') from None
+
+
+def _layer_list(architecture: str | None, path: str) -> dict:
+  """The layer list of `keras.applications.<architecture>`, in the form of a `.keras` archive's config.
+
+  Keras 3 numbers a `.weights.h5`'s entries by position in `model.layers` (graph order, not creation
+  order); only Keras can say which layer holds which position. Nothing in the file is executed: Keras
+  builds its own application from its code, with random weights, and the arrays still come from h5py.
+  """
+  try:
+    import keras
+  except ImportError:
+    raise core.ConversionError(
+        f'{path}: a Keras 3 .weights.h5 numbers layers by their position in the model, which only Keras '
+        "can tell: install keras, or give the .keras file (model.save('model.keras')) or the legacy .h5"
+    ) from None
+  model = getattr(keras.applications, architecture)(weights=None)
+  return {'config': {'layers': [{'class_name': type(layer).__name__, 'config': {'name': layer.name}}
+                                for layer in model.layers]}}
 
 
 def _snake_case(class_name: str) -> str:
@@ -178,7 +198,7 @@ class KerasSource:
   layer_name: Callable[[tuple[str, ...]], str | None]
 
   def convert(self, path: str) -> core.Pretrained:
-    layers = read_weights_file(path)
+    layers = read_weights_file(path, architecture=self.name.split(':', 1)[1])
     if 'kernel' not in layers.get('predictions', {}):
       raise core.ConversionError(f'{path}: no classifier layer \'predictions\'; not a {self.name} file '
                                  'saved with include_top=True')

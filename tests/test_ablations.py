@@ -1,0 +1,32 @@
+"""The ablation sweep: rows trained one after another under one budget, a finished row never rerun."""
+
+import json
+
+from conftest import run_module
+
+
+def test_two_rows_end_to_end_and_resumable(tmp_path, fashion_dir):
+  workdir = tmp_path / 'sweep'
+  args = ('--table=googlenet_aux', f'--workdir={workdir}', '--steps=2', f'--data_dir={fashion_dir}')
+  result = run_module('experiments.ablations', *args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  table = (workdir / 'table.md').read_text()
+  assert table in result.stdout
+  assert 'not the paper\'s ImageNet numbers' in table
+  lines = [line for line in table.splitlines() if line.startswith('| `')]
+  assert [line.split('|')[1].strip() for line in lines] == ['`v1`', '`googlenet_no_aux`']
+  for row in ('v1', 'googlenet_no_aux'):
+    saved = json.loads((workdir / row / 'result.json').read_text())
+    assert saved['eval/count'] == 13 and saved['image_size'] == 65  # v1's aux heads need 65 px: both rows
+    assert f'{saved["g_macs"]:.2f}' in table
+
+  again = run_module('experiments.ablations', *args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.count('finished before') == 2 and 'step ' not in again.stdout
+  assert (workdir / 'table.md').read_text() == table
+
+
+def test_unknown_row_is_one_clear_error(tmp_path):
+  result = run_module('experiments.ablations', '--table=xception', f'--workdir={tmp_path}', '--rows=v3')
+  assert result.returncode == 2
+  assert "'v3' is not a row of xception; its rows: xception, xception_no_residual" in result.stderr
