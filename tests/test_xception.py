@@ -100,6 +100,20 @@ def test_invalid_mid_activation_raises():
     create_model('xception', mid_activation='tanh')
 
 
+def test_torch_padding_style_differs_from_same_only_on_even_grids():
+  """timm pads the strided pools by one; at 299 px the 74×74 grid (even) is pooled differently."""
+  same, torch_style = _shapes(), _shapes(padding_style='torch')
+  assert jax.tree.map(lambda a: a.shape, same) == jax.tree.map(lambda a: a.shape, torch_style)
+  model = create_model('xception', num_classes=4)
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 75, 75, 3)))
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 75, 75, 3), dtype=np.float32))
+  apply = lambda m: m.apply(variables, x).logits  # noqa: E731
+  # 75 px: grids 37 → 35 (odd: both pad (1, 1)) → 18 (even: SAME pads (0, 1), timm (1, 1)).
+  assert not np.allclose(apply(model), apply(create_model('xception', num_classes=4, padding_style='torch')))
+  with pytest.raises(ValueError, match="padding_style must be 'same' \\(Keras\\) or 'torch'"):
+    create_model('xception', padding_style='tf')
+
+
 def test_36_convolutional_layers():
   """Paper §3: 36 conv layers; a separable conv counts once; shortcuts and the classifier do not count."""
   convs = 0
