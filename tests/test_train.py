@@ -276,3 +276,10 @@ def test_init_from_reads_each_form_of_a_saved_run_and_exported_weights(tmp_path,
   with ocp.StandardCheckpointer() as saver:
     saver.save(exported, {'params': newest['params'], 'batch_stats': {}})
   jax.tree.map(np.testing.assert_array_equal, checkpoint.read_weights(exported)['params'], newest['params'])
+
+
+def test_init_from_report_counts_arrays_that_share_a_suffix():
+  """Weights imported without BN scales leave ~100 '.../bn/scale' fresh; the report counts them."""
+  names = [f'Mixed_{i}/branch1x1/bn/scale' for i in range(5)] + ['fc/bias', 'fc/kernel']
+  assert train._summary(names) == '5 × */bn/scale, fc/bias, fc/kernel'
+  assert train._summary(['a/bn/scale', 'b/bn/scale']) == 'a/bn/scale, b/bn/scale'
