@@ -345,3 +345,11 @@ def test_converted_directory_is_an_init_from_source(tmp_path):
   weights = checkpoint.read_weights(directory)
   np.testing.assert_array_equal(weights['params']['fc']['kernel'], peer.fc.weight.detach().numpy().T)
   np.testing.assert_array_equal(weights['batch_stats']['conv1']['bn']['var'], peer.bn1.running_var.numpy())
+
+
+def test_convert_lists_its_sources(capsys):
+  from experiments import convert as convert_cli
+  convert_cli.main(['--list'])
+  out = capsys.readouterr().out
+  assert all(name in out for name in convert.SOURCES)
+  assert "timm:legacy_xception         -> xception {'bn_epsilon': 1e-05, 'padding_style': 'torch'}" in out
