@@ -209,9 +209,11 @@ def load(directory: str) -> Pretrained:
 
 
 def build(module: nn.Module, *, source: str, model: str, overrides: dict[str, Any], aux_logits: bool,
-          num_classes: int, lookup: Lookup, file_keys: set[str], file: str) -> Pretrained:
-  """Fills `module` (`model` built with the peer's conventions) from the peer's tensors."""
-  leaves = layout(module, models.model_info(model).input_size)
+          num_classes: int, lookup: Lookup, file_keys: set[str], file: str,
+          leaves: list[Leaf] | None = None) -> Pretrained:
+  """Fills `module` (`model` built with the peer's conventions) from the peer's tensors; `leaves` is its
+  `layout` when the caller has it already."""
+  leaves = leaves or layout(module, models.model_info(model).input_size)
   variables = assemble(leaves, lookup, file_keys, file=file, what=f'{source} ({model})',
                        num_classes=num_classes)
   return Pretrained(model=model, num_classes=num_classes, aux_logits=aux_logits, overrides=overrides,

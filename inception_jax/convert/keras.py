@@ -205,7 +205,8 @@ class KerasSource:
     num_classes = core.classes_of(layers['predictions']['kernel'].shape[-1])
     module = core.models.create_model(self.model, num_classes=num_classes, aux_logits=False,
                                       **self.overrides)
-    names = self._names(core.layout(module, core.models.model_info(self.model).input_size), layers, path)
+    leaves = core.layout(module, core.models.model_info(self.model).input_size)
+    names = self._names(leaves, layers, path)
 
     def lookup(leaf: core.Leaf):
       layer = names[leaf.module]
@@ -217,7 +218,7 @@ class KerasSource:
     file_keys = {f'{layer}/{role}' for layer, weights in layers.items() for role in weights}
     return core.build(module, source=self.name, model=self.model, overrides=self.overrides,
                       aux_logits=False, num_classes=num_classes, lookup=lookup, file_keys=file_keys,
-                      file=path)
+                      file=path, leaves=leaves)
 
   def _names(self, leaves: list[core.Leaf], layers: dict, path: str) -> dict[tuple[str, ...], str]:
     """Our module path -> Keras layer name; numbered default names are dealt out in forward order."""
