@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from inception_jax.models import xla_cpu
+
 Dtype = Any
 # 'SAME' and 'VALID' follow TensorFlow; an int p pads p cells on every side (PyTorch's `padding=p`); a pair
 # (ph, pw) pads per axis; explicit ((top, bottom), (left, right)) is passed through.
@@ -90,6 +92,7 @@ class ConvBN(nn.Module):
         kernel_init=self.kernel_init,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
+        conv_general_dilated=xla_cpu.conv_general_dilated,
         name='conv',
     )(x)
     if self.use_bn:
@@ -197,9 +200,9 @@ def max_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[
   window = _pair(window)
   strides = window if strides is None else _pair(strides)
   pad = _explicit_pool_padding(x, window, strides, padding, ceil_mode)
-  if not isinstance(pad, str):
-    pad = ((0, 0),) + tuple(pad) + ((0, 0),)
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1,) + window + (1,), (1,) + strides + (1,), pad)
+  if isinstance(pad, str):
+    pad = lax.padtype_to_pads(x.shape[1:3], window, strides, pad)
+  return xla_cpu.max_pool(x, window, strides, tuple(tuple(p) for p in pad))
 
 
 def avg_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[int] | None = None,

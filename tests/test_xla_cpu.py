@@ -1,0 +1,92 @@
+"""The CPU formulations of convolution and max pooling compute exactly what `lax` computes, gradients
+included; only the operations XLA:CPU runs differ."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from inception_jax.models import layers, xla_cpu
+
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _conv_ops(fn, *args):
+  return {e.primitive.name for e in jax.make_jaxpr(fn)(*args).eqns} & {'conv_general_dilated', 'dot_general'}
+
+
+# (input shape, kernel shape, strides, padding, the primitive the CPU path uses)
+CONV_CASES = [
+    ((2, 7, 7, 12), (1, 1, 12, 5), (1, 1), 'SAME', 'dot_general'),      # 1×1: a product
+    ((2, 7, 7, 12), (1, 1, 12, 5), (2, 2), 'VALID', 'dot_general'),     # strided 1×1
+    ((2, 1, 1, 12), (3, 3, 12, 5), (1, 1), 'SAME', 'dot_general'),      # 1×1 grid: the centre tap only
+    ((2, 1, 1, 12), (1, 3, 12, 5), (1, 1), 'SAME', 'dot_general'),
+    ((2, 3, 3, 12), (1, 7, 12, 5), (1, 1), 'SAME', 'dot_general'),      # taps beyond the grid dropped
+    ((2, 5, 5, 12), (3, 3, 12, 5), (2, 2), 'VALID', 'dot_general'),     # small output grid, strided
+    ((2, 11, 11, 3), (3, 3, 3, 8), (2, 2), 'VALID', 'dot_general'),     # RGB stem: few values a window
+    ((2, 9, 9, 12), (3, 3, 12, 5), (1, 1), 'VALID', 'conv_general_dilated'),  # padded, then cut
+    ((2, 10, 10, 12), (3, 3, 12, 5), (2, 2), 'VALID', 'conv_general_dilated'),
+    ((2, 9, 9, 12), (3, 3, 12, 5), (1, 1), 'SAME', 'conv_general_dilated'),
+    ((2, 9, 9, 12), (5, 5, 12, 5), (1, 1), ((1, 2), (0, 3)), 'conv_general_dilated'),
+    ((2, 3, 3, 12), (3, 3, 12, 5), (1, 1), ((1, 1), (1, 1)), 'dot_general'),  # explicit padding
+]
+
+
+@pytest.mark.parametrize('x_shape,k_shape,strides,padding,primitive', CONV_CASES)
+def test_conv_equals_lax_with_gradients(x_shape, k_shape, strides, padding, primitive):
+  rng = np.random.default_rng(0)
+  with jax.enable_x64(True):
+    x = jnp.asarray(rng.normal(size=x_shape))
+    k = jnp.asarray(rng.normal(size=k_shape))
+
+    def ours(x, k):
+      return xla_cpu.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC)
+
+    def ref(x, k):
+      return lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC)
+
+    y, vjp = jax.vjp(ours, x, k)
+    y_ref, vjp_ref = jax.vjp(ref, x, k)
+    assert y.shape == y_ref.shape
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    cotangent = jnp.asarray(rng.normal(size=y.shape))
+    for got, want in zip(vjp(cotangent), vjp_ref(cotangent)):
+      np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert _conv_ops(ours, x, k) == {primitive}
+
+
+def test_off_the_cpu_every_convolution_is_lax(monkeypatch):
+  monkeypatch.setattr(xla_cpu, 'on_cpu', lambda: False)
+  x, k = jnp.zeros((2, 7, 7, 12)), jnp.zeros((1, 1, 12, 5))
+  fn = lambda x, k: xla_cpu.conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=NHWC)
+  assert _conv_ops(fn, x, k) == {'conv_general_dilated'}
+
+
+def test_grouped_convolutions_keep_lax():
+  x, k = jnp.ones((2, 3, 3, 12)), jnp.ones((3, 3, 1, 12))
+  fn = lambda x, k: xla_cpu.conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=NHWC,
+                                                 feature_group_count=12)
+  assert _conv_ops(fn, x, k) == {'conv_general_dilated'}
+  np.testing.assert_allclose(fn(x, k)[0, 1, 1], 9.0)
+
+
+@pytest.mark.parametrize('window,strides,padding', [
+    (3, 2, 'VALID'), (3, 1, 'SAME'), (3, 2, 'SAME'), (2, 2, 'VALID'), (3, 2, 1), ((1, 3), 1, 'SAME')])
+def test_max_pool_gradient_equals_lax_even_with_ties(window, strides, padding):
+  # Small integers after a ReLU: most windows hold several equal maxima (zeros), as in a real network.
+  x = jnp.asarray(np.maximum(np.random.default_rng(1).integers(-3, 3, size=(2, 9, 8, 4)), 0), jnp.float32)
+  win, st = layers._pair(window), layers._pair(strides)
+  pads = layers._explicit_pool_padding(x, win, st, padding, False)
+  pads = lax.padtype_to_pads(x.shape[1:3], win, st, pads) if isinstance(pads, str) else pads
+
+  def ref(x):
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *win, 1), (1, *st, 1), ((0, 0), *pads, (0, 0)))
+
+  ours = lambda x: layers.max_pool(x, window, strides, padding)
+  y, vjp = jax.vjp(ours, x)
+  y_ref, vjp_ref = jax.vjp(ref, x)
+  np.testing.assert_array_equal(y, y_ref)
+  cotangent = jnp.asarray(np.random.default_rng(2).normal(size=y.shape), jnp.float32)
+  np.testing.assert_allclose(vjp(cotangent)[0], vjp_ref(cotangent)[0], rtol=1e-6, atol=1e-6)
+  assert float(jnp.sum(ours(x) == 0)) > 0  # ties really occur
