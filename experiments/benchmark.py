@@ -1,0 +1,300 @@
+"""Speed of one model's train step and inference: images/s, compile time, MFU.
+
+    python -m experiments.benchmark --model=v3 --batch=16 --size=299
+    python -m experiments.benchmark --model=v3 --batch=256 --dtype=bfloat16 --json      # on a GPU
+    python -m experiments.benchmark --model=v3 --batch=16 --peer=keras                  # Keras 3 (JAX)
+    python -m experiments.benchmark --model=v3 --batch=16 --peer=torchvision            # PyTorch
+
+The train step is the one training runs (the preset recipe of experiments/configs/base.py: RMSProp,
+label smoothing, auxiliary heads where the input size allows them, weight decay), on one random batch
+already on the devices and split over all of them. Inference is the eval-mode forward pass.
+MFU is the model FLOPs XLA counts for the step over the step time and the devices' peak: the published
+dense peak for GPUs and TPUs, a measured matrix product on the CPU. `--peer` times the same network in
+another library in this process (the same batch, size and number of steps; MFU from our FLOP count).
+
+Compiled programs go to a persistent cache (`$JAX_COMPILATION_CACHE_DIR`, else
+`~/.cache/inception_jax/jax`), so a second run compiles in seconds. With `--json` the last line printed is
+one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+# Dense peak FLOP/s per device from the vendors' data sheets, by a substring of `device_kind`, for
+# (bfloat16, float32). float32 matrix products on NVIDIA GPUs run as TF32 under XLA's default precision, so
+# the float32 figure is the TF32 one; TPUs multiply float32 in bfloat16 passes, so both are the bf16 peak.
+PEAK_FLOPS = {
+    'H200': (989e12, 495e12),
+    'H100': (989e12, 495e12),
+    'A100': (312e12, 156e12),
+    'L4': (121e12, 60e12),
+    'V100': (125e12, 15.7e12),
+    'TPU v6': (918e12, 918e12),
+    'TPU v5p': (459e12, 459e12),
+    'TPU v5': (197e12, 197e12),   # v5e ("TPU v5 lite")
+    'TPU v4': (275e12, 275e12),
+}
+PEERS = ('keras', 'torchvision')
+
+
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def enable_compilation_cache(directory: str | None = None) -> str:
+  """Turns on JAX's persistent compilation cache; returns its directory."""
+  import jax
+  directory = (directory or os.environ.get('JAX_COMPILATION_CACHE_DIR')
+               or os.path.join(os.path.expanduser('~'), '.cache', 'inception_jax', 'jax'))
+  os.makedirs(directory, exist_ok=True)
+  jax.config.update('jax_compilation_cache_dir', directory)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  return directory
+
+
+def peak_flops(dtype: str) -> tuple[float, str]:
+  """(FLOP/s of all devices together, where the figure comes from)."""
+  import jax
+  devices = jax.devices()
+  kind = devices[0].device_kind
+  if devices[0].platform == 'cpu':
+    return measured_matmul_flops(dtype), 'measured matrix product'
+  for name, (bf16, fp32) in PEAK_FLOPS.items():
+    if name.lower() in kind.lower():
+      return len(devices) * (bf16 if dtype == 'bfloat16' else fp32), f'data sheet ({kind})'
+  return float('nan'), f'unknown device {kind!r}'
+
+
+def measured_matmul_flops(dtype: str, n: int = 2048, repeats: int = 5) -> float:
+  """The best FLOP/s of an n×n matrix product on the default device (all its cores)."""
+  import jax
+  import jax.numpy as jnp
+  a = jnp.ones((n, n), jnp.dtype(dtype))
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * n ** 3 / best
+
+
+def _time_calls(fn, steps: int, warmup: int) -> float:
+  """Median seconds of one call of `fn` (which blocks until its result is ready)."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+class _CacheHits:
+  """Counts persistent-cache hits reported by JAX while alive."""
+
+  def __init__(self):
+    import jax
+    self.count = 0
+
+    def listener(event, **kwargs):
+      if event == '/jax/compilation_cache/cache_hits':
+        self.count += 1
+
+    jax.monitoring.register_event_listener(listener)
+
+
+def config_for(model: str, batch: int, size: int | None, dtype: str, aux: bool | None):
+  from experiments.configs import base
+  from inception_jax import models
+  info = models.model_info(model)
+  c = base.get_config()
+  c.model = info.name
+  c.batch_size = batch
+  c.image_size = size or info.input_size
+  c.dtype = dtype
+  c.aux_logits = (c.image_size >= info.min_aux_input_size and info.num_aux_heads > 0) if aux is None else aux
+  return c
+
+
+def benchmark_ours(c, steps: int, warmup: int, num_classes: int = 1000) -> dict:
+  import jax
+  from inception_jax import data, train
+  hits = _CacheHits()
+  model = train.build_model(c, num_classes)
+  tx, schedule = train.build_optimizer(c, total_steps=10_000, steps_per_epoch=1_000, global_batch=c.batch_size)
+  steps_ = train.Steps(model, tx, schedule, c)
+  rng = jax.random.key(0)
+  state = steps_.init(rng)
+  spec = data.ImageSpec(c.image_size)
+  batch = next(data.synthetic_batches(spec, c.batch_size, num_classes, sharding=steps_.sharded))
+
+  start = time.perf_counter()
+  train_step = steps_.train_step.lower(state, batch, rng).compile()
+  compile_s = time.perf_counter() - start
+  cost = train_step.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  flops = float(cost.get('flops', float('nan'))) * jax.device_count()  # SPMD: the count is per device
+
+  holder = [state]
+
+  def one_train_step():
+    holder[0], metrics = train_step(holder[0], batch, rng)
+    jax.block_until_ready(metrics)
+
+  step_s = _time_calls(one_train_step, steps, warmup)
+
+  forward = jax.jit(lambda p, s, x: model.apply({'params': p, 'batch_stats': s}, x, train=False).logits,
+                    in_shardings=(steps_.replicated, steps_.replicated, steps_.sharded))
+  params, batch_stats = holder[0].params, holder[0].batch_stats
+  infer = forward.lower(params, batch_stats, batch['image']).compile()
+  infer_s = _time_calls(lambda: infer(params, batch_stats, batch['image']).block_until_ready(), steps, warmup)
+  memory = jax.devices()[0].memory_stats() or {}
+  return {'compile_s': compile_s, 'step_s': step_s, 'infer_s': infer_s, 'flops_per_step': flops,
+          'peak_memory_bytes': memory.get('peak_bytes_in_use'), 'cache_hits': hits.count}
+
+
+def benchmark_keras(c, steps: int, warmup: int, num_classes: int = 1000) -> dict:
+  """keras.applications' network of the same name, trained with `train_on_batch` (JAX backend)."""
+  os.environ.setdefault('KERAS_BACKEND', 'jax')
+  import keras
+  if keras.backend.backend() != 'jax':
+    _fail(f'--peer=keras needs KERAS_BACKEND=jax (it is {keras.backend.backend()!r})')
+  builders = {'inception_v3': keras.applications.InceptionV3,
+              'inception_resnet_v2': keras.applications.InceptionResNetV2,
+              'xception': keras.applications.Xception}
+  if c.model not in builders:
+    _fail(f'keras has no {c.model}; with --peer=keras use one of: {", ".join(builders)}')
+  net = builders[c.model](weights=None, input_shape=(c.image_size, c.image_size, 3), classes=num_classes)
+  net.compile(optimizer=keras.optimizers.RMSprop(0.045, rho=0.9, momentum=0.9, epsilon=1.0),
+              loss=keras.losses.SparseCategoricalCrossentropy(label_smoothing=0.0))
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-1, 1, (c.batch_size, c.image_size, c.image_size, 3)).astype(np.float32)
+  y = rng.integers(0, num_classes, (c.batch_size,))
+  start = time.perf_counter()
+  net.train_on_batch(x, y)
+  compile_s = time.perf_counter() - start
+  step_s = _time_calls(lambda: net.train_on_batch(x, y), steps, warmup)
+  net.predict_on_batch(x)
+  infer_s = _time_calls(lambda: net.predict_on_batch(x), steps, warmup)
+  return {'compile_s': compile_s, 'step_s': step_s, 'infer_s': infer_s}
+
+
+def benchmark_torchvision(c, steps: int, warmup: int, num_classes: int = 1000) -> dict:
+  """torchvision's network of the same name in eager PyTorch, SGD with momentum, aux loss when aux is on."""
+  import torch
+  import torchvision
+  builders = {'inception_v3': torchvision.models.inception_v3, 'googlenet': torchvision.models.googlenet}
+  if c.model not in builders:
+    _fail(f'torchvision has no {c.model}; with --peer=torchvision use one of: {", ".join(builders)}')
+  torch.set_num_threads(os.cpu_count())
+  net = builders[c.model](weights=None, aux_logits=c.aux_logits, init_weights=False, num_classes=num_classes)
+  opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+  x = torch.rand(c.batch_size, 3, c.image_size, c.image_size) * 2 - 1
+  y = torch.randint(0, num_classes, (c.batch_size,))
+  loss_fn = torch.nn.CrossEntropyLoss()
+
+  def train_step():
+    net.train()
+    out = net(x)
+    if isinstance(out, tuple):   # (logits, aux logits...) with aux heads on
+      loss = loss_fn(out[0], y) + sum(c.aux_weight * loss_fn(a, y) for a in out[1:] if a is not None)
+    else:
+      loss = loss_fn(out, y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+  def infer():
+    net.eval()
+    with torch.no_grad():
+      net(x)
+
+  start = time.perf_counter()
+  train_step()
+  compile_s = time.perf_counter() - start   # eager: the first step, not a compilation
+  step_s = _time_calls(train_step, steps, warmup)
+  infer_s = _time_calls(infer, steps, warmup)
+  return {'compile_s': compile_s, 'step_s': step_s, 'infer_s': infer_s}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m experiments.benchmark', description=__doc__.split('\n')[0])
+  parser.add_argument('--model', default='v3', help='a model name or alias (see README)')
+  parser.add_argument('--batch', type=int, default=16, help='global batch, split over all devices')
+  parser.add_argument('--size', type=int, default=None, help="input size (default: the model's)")
+  parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
+  parser.add_argument('--aux', choices=('auto', 'on', 'off'), default='auto',
+                      help='auxiliary heads (auto: on when the size allows them)')
+  parser.add_argument('--steps', type=int, default=10, help='timed steps (the median is reported)')
+  parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--peer', choices=PEERS, default=None, help='time this library instead of ours')
+  parser.add_argument('--no_cache', action='store_true', help='no persistent compilation cache')
+  parser.add_argument('--json', action='store_true', help='end with one JSON line')
+  args = parser.parse_args(argv)
+  import jax
+  from inception_jax import models
+  if args.batch < 1 or args.batch % jax.device_count():
+    _fail(f'--batch must be a positive multiple of the {jax.device_count()} devices, got {args.batch}')
+  if args.steps < 1 or args.warmup < 0:
+    _fail('--steps must be at least 1 and --warmup at least 0')
+  try:
+    info = models.model_info(args.model)
+    c = config_for(args.model, args.batch, args.size, args.dtype,
+                   {'auto': None, 'on': True, 'off': False}[args.aux])
+    if c.image_size < info.min_input_size or (c.aux_logits and c.image_size < info.min_aux_input_size):
+      minimum = info.min_aux_input_size if c.aux_logits else info.min_input_size
+      raise ValueError(f'--size {c.image_size} is below {c.model}\'s minimum of {minimum} pixels'
+                       + (' with auxiliary heads (--aux=off lowers it)' if c.aux_logits else ''))
+  except ValueError as e:
+    _fail(str(e))
+  cache = None if args.no_cache else enable_compilation_cache()
+
+  ours = benchmark_ours(c, args.steps, args.warmup) if args.peer is None else None
+  if args.peer is not None:
+    # FLOPs are the network's, whoever runs it: count them with our (identical) network, compiled only.
+    flops = benchmark_ours(c, 1, 0)['flops_per_step']
+    result = {'keras': benchmark_keras, 'torchvision': benchmark_torchvision}[args.peer](c, args.steps,
+                                                                                           args.warmup)
+    result.update(flops_per_step=flops, peak_memory_bytes=None, cache_hits=None)
+  else:
+    result = ours
+  peak, peak_source = peak_flops(args.dtype)
+  record = {
+      'model': c.model, 'peer': args.peer, 'batch': c.batch_size, 'size': c.image_size, 'dtype': c.dtype,
+      'aux': bool(c.aux_logits), 'devices': jax.device_count(), 'platform': jax.devices()[0].platform,
+      'device_kind': jax.devices()[0].device_kind,
+      'train_images_per_sec': c.batch_size / result['step_s'],
+      'infer_images_per_sec': c.batch_size / result['infer_s'],
+      'step_ms': 1e3 * result['step_s'], 'compile_s': result['compile_s'],
+      'flops_per_step': result['flops_per_step'],
+      'mfu': result['flops_per_step'] / result['step_s'] / peak,
+      'peak_flops': peak, 'peak_source': peak_source,
+      'peak_memory_bytes': result['peak_memory_bytes'], 'cache_hits': result['cache_hits'],
+      'cache_dir': cache,
+  }
+  who = f'{args.peer} ' if args.peer else ''
+  print(f'{who}{c.model} batch {c.batch_size} at {c.image_size}px {c.dtype} on {record["devices"]} × '
+        f'{record["device_kind"]}: train {record["train_images_per_sec"]:.1f} img/s '
+        f'({record["step_ms"]:.0f} ms/step), inference {record["infer_images_per_sec"]:.1f} img/s, '
+        f'compile {record["compile_s"]:.1f} s, MFU {100 * record["mfu"]:.1f}% '
+        f'(of {peak / 1e12:.2f} TFLOP/s, {peak_source})', flush=True)
+  if args.json:
+    print(json.dumps(record), flush=True)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
