@@ -42,7 +42,11 @@ PEAK_FLOPS = {
     'TPU v5': (197e12, 197e12),   # v5e ("TPU v5 lite")
     'TPU v4': (275e12, 275e12),
 }
-PEERS = ('keras', 'torchvision')
+# The networks each peer library has of ours (our name -> theirs).
+PEERS = {
+    'keras': {'inception_v3': 'InceptionV3', 'inception_resnet_v2': 'InceptionResNetV2', 'xception': 'Xception'},
+    'torchvision': {'inception_v3': 'inception_v3', 'googlenet': 'googlenet'},
+}
 
 
 def _fail(message: str) -> None:
@@ -129,55 +133,69 @@ def config_for(model: str, batch: int, size: int | None, dtype: str, aux: bool |
   return c
 
 
-def benchmark_ours(c, steps: int, warmup: int, num_classes: int = 1000) -> dict:
+def measure_train_step(c, steps: int, warmup: int, devices=None, num_classes: int = 1000,
+                       trace_dir: str | None = None) -> dict:
+  """Compiles and times training's own step for config `c` on a 1-D mesh of `devices` (default: all), on
+  one synthetic batch made on the devices. With `trace_dir`, three more steps are profiled there."""
   import jax
   from inception_jax import data, train
   hits = _CacheHits()
+  mesh = train.data_mesh(devices)
   model = train.build_model(c, num_classes)
   tx, schedule = train.build_optimizer(c, total_steps=10_000, steps_per_epoch=1_000, global_batch=c.batch_size)
-  steps_ = train.Steps(model, tx, schedule, c)
+  steps_ = train.Steps(model, tx, schedule, c, mesh=mesh)
   rng = jax.random.key(0)
   state = steps_.init(rng)
-  spec = data.ImageSpec(c.image_size)
-  batch = next(data.synthetic_batches(spec, c.batch_size, num_classes, sharding=steps_.sharded))
+  batch = next(data.synthetic_batches(data.ImageSpec(c.image_size), c.batch_size, num_classes,
+                                      sharding=steps_.sharded))
 
   start = time.perf_counter()
   train_step = steps_.train_step.lower(state, batch, rng).compile()
   compile_s = time.perf_counter() - start
   cost = train_step.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  flops = float(cost.get('flops', float('nan'))) * jax.device_count()  # SPMD: the count is per device
+  flops = float(cost.get('flops', float('nan'))) * mesh.size  # SPMD: the count is per device
 
-  holder = [state]
+  holder = {'state': state}
 
-  def one_train_step():
-    holder[0], metrics = train_step(holder[0], batch, rng)
-    jax.block_until_ready(metrics)
+  def one_step():
+    holder['state'], metrics = train_step(holder['state'], batch, rng)
+    holder['loss'] = float(metrics['loss'])   # waits for the step
 
-  step_s = _time_calls(one_train_step, steps, warmup)
+  step_s = _time_calls(one_step, steps, warmup)
+  if trace_dir:
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    for _ in range(3):
+      one_step()
+    jax.profiler.stop_trace()
+  peaks = [(d.memory_stats() or {}).get('peak_bytes_in_use') for d in mesh.devices.flat
+           if d.process_index == jax.process_index()]
+  return {'compile_s': compile_s, 'step_s': step_s, 'flops_per_step': flops, 'loss': holder['loss'],
+          'peak_memory_bytes': max(peaks) if all(p is not None for p in peaks) else None,
+          'cache_hits': hits.count, 'model': model, 'steps': steps_, 'state': holder['state'], 'batch': batch}
 
+
+def benchmark_ours(c, steps: int, warmup: int, num_classes: int = 1000) -> dict:
+  import jax
+  out = measure_train_step(c, steps, warmup, num_classes=num_classes)
+  model, steps_, state, batch = out['model'], out['steps'], out['state'], out['batch']
   forward = jax.jit(lambda p, s, x: model.apply({'params': p, 'batch_stats': s}, x, train=False).logits,
                     in_shardings=(steps_.replicated, steps_.replicated, steps_.sharded))
-  params, batch_stats = holder[0].params, holder[0].batch_stats
-  infer = forward.lower(params, batch_stats, batch['image']).compile()
-  infer_s = _time_calls(lambda: infer(params, batch_stats, batch['image']).block_until_ready(), steps, warmup)
-  memory = jax.devices()[0].memory_stats() or {}
-  return {'compile_s': compile_s, 'step_s': step_s, 'infer_s': infer_s, 'flops_per_step': flops,
-          'peak_memory_bytes': memory.get('peak_bytes_in_use'), 'cache_hits': hits.count}
+  infer = forward.lower(state.params, state.batch_stats, batch['image']).compile()
+  out['infer_s'] = _time_calls(lambda: infer(state.params, state.batch_stats, batch['image']).block_until_ready(),
+                               steps, warmup)
+  return out
 
 
 def benchmark_keras(c, steps: int, warmup: int, num_classes: int = 1000) -> dict:
-  """keras.applications' network of the same name, trained with `train_on_batch` (JAX backend)."""
+  """keras.applications' network of the same name, trained with `train_on_batch` (JAX backend). Keras'
+  networks have no auxiliary heads, so `--peer=keras` compares without them (`--aux=off` implied)."""
   os.environ.setdefault('KERAS_BACKEND', 'jax')
   import keras
   if keras.backend.backend() != 'jax':
     _fail(f'--peer=keras needs KERAS_BACKEND=jax (it is {keras.backend.backend()!r})')
-  builders = {'inception_v3': keras.applications.InceptionV3,
-              'inception_resnet_v2': keras.applications.InceptionResNetV2,
-              'xception': keras.applications.Xception}
-  if c.model not in builders:
-    _fail(f'keras has no {c.model}; with --peer=keras use one of: {", ".join(builders)}')
-  net = builders[c.model](weights=None, input_shape=(c.image_size, c.image_size, 3), classes=num_classes)
+  net = getattr(keras.applications, PEERS['keras'][c.model])(
+      weights=None, input_shape=(c.image_size, c.image_size, 3), classes=num_classes)
   net.compile(optimizer=keras.optimizers.RMSprop(0.045, rho=0.9, momentum=0.9, epsilon=1.0),
               loss=keras.losses.SparseCategoricalCrossentropy(label_smoothing=0.0))
   rng = np.random.default_rng(0)
@@ -194,13 +212,14 @@ def benchmark_keras(c, steps: int, warmup: int, num_classes: int = 1000) -> dict
 
 def benchmark_torchvision(c, steps: int, warmup: int, num_classes: int = 1000) -> dict:
   """torchvision's network of the same name in eager PyTorch, SGD with momentum, aux loss when aux is on."""
+  # torch imports triton (GPU kernels) when installed; its compiled module crashes the process when
+  # TensorFlow (our input pipeline) was loaded first. Eager CPU PyTorch does not need it.
+  sys.modules.setdefault('triton', None)
   import torch
   import torchvision
-  builders = {'inception_v3': torchvision.models.inception_v3, 'googlenet': torchvision.models.googlenet}
-  if c.model not in builders:
-    _fail(f'torchvision has no {c.model}; with --peer=torchvision use one of: {", ".join(builders)}')
   torch.set_num_threads(os.cpu_count())
-  net = builders[c.model](weights=None, aux_logits=c.aux_logits, init_weights=False, num_classes=num_classes)
+  net = getattr(torchvision.models, PEERS['torchvision'][c.model])(
+      weights=None, aux_logits=c.aux_logits, init_weights=False, num_classes=num_classes)
   opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
   x = torch.rand(c.batch_size, 3, c.image_size, c.image_size) * 2 - 1
   y = torch.randint(0, num_classes, (c.batch_size,))
@@ -240,13 +259,13 @@ def main(argv=None) -> int:
                       help='auxiliary heads (auto: on when the size allows them)')
   parser.add_argument('--steps', type=int, default=10, help='timed steps (the median is reported)')
   parser.add_argument('--warmup', type=int, default=2)
-  parser.add_argument('--peer', choices=PEERS, default=None, help='time this library instead of ours')
+  parser.add_argument('--peer', choices=sorted(PEERS), default=None, help='time this library instead of ours')
   parser.add_argument('--no_cache', action='store_true', help='no persistent compilation cache')
   parser.add_argument('--json', action='store_true', help='end with one JSON line')
   args = parser.parse_args(argv)
   import jax
   from inception_jax import models
-  if args.batch < 1 or args.batch % jax.device_count():
+  if args.batch < 1 or (args.peer is None and args.batch % jax.device_count()):
     _fail(f'--batch must be a positive multiple of the {jax.device_count()} devices, got {args.batch}')
   if args.steps < 1 or args.warmup < 0:
     _fail('--steps must be at least 1 and --warmup at least 0')
@@ -258,14 +277,19 @@ def main(argv=None) -> int:
       minimum = info.min_aux_input_size if c.aux_logits else info.min_input_size
       raise ValueError(f'--size {c.image_size} is below {c.model}\'s minimum of {minimum} pixels'
                        + (' with auxiliary heads (--aux=off lowers it)' if c.aux_logits else ''))
+    if args.peer == 'keras':
+      c.aux_logits = False
+    if args.peer and c.model not in PEERS[args.peer]:
+      raise ValueError(f'{args.peer} has no {c.model}; with --peer={args.peer} use one of: '
+                       f'{", ".join(PEERS[args.peer])}')
   except ValueError as e:
     _fail(str(e))
   cache = None if args.no_cache else enable_compilation_cache()
 
   ours = benchmark_ours(c, args.steps, args.warmup) if args.peer is None else None
   if args.peer is not None:
-    # FLOPs are the network's, whoever runs it: count them with our (identical) network, compiled only.
-    flops = benchmark_ours(c, 1, 0)['flops_per_step']
+    # FLOPs are the network's, whoever runs it: count them with our (identical) network on one device.
+    flops = measure_train_step(c, 1, 0, devices=jax.devices()[:1])['flops_per_step']
     result = {'keras': benchmark_keras, 'torchvision': benchmark_torchvision}[args.peer](c, args.steps,
                                                                                            args.warmup)
     result.update(flops_per_step=flops, peak_memory_bytes=None, cache_hits=None)

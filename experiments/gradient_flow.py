@@ -83,9 +83,7 @@ def study(config, workdir: str) -> tuple[list[dict], object, str]:
 
 def main(argv):
   del argv
-  from absl import logging
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  imagenet.quiet_logging()
   from inception_jax import gradient_flow
   config, workdir = imagenet._CONFIG.value, imagenet._WORKDIR.value
   try:

@@ -85,13 +85,27 @@ def _command_line_durations_win(config, argv: list[str]) -> None:
           config[f'{prefix}_{other}'] = None
 
 
+def start_distributed() -> None:
+  """Joins the processes of a multi-host run (--coordinator_address/--num_processes/--process_id, or the
+  environment with --multihost). CPU devices exchange data over gloo (TCP), so N processes on one machine
+  behave like N hosts."""
+  import jax
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+
+
+def quiet_logging() -> None:
+  """absl logs at WARNING unless --verbosity is given: orbax logs every save at INFO, JAX each backend it
+  does not find; the progress lines suffice."""
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+
+
 def main(argv):
   del argv
-  if not flags.FLAGS['verbosity'].present:  # orbax logs every save at INFO; the progress line suffices
-    logging.set_verbosity(logging.WARNING)
-  import jax
+  quiet_logging()
   if _COORDINATOR.value or _MULTIHOST.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    start_distributed()
   from inception_jax import train  # after flag parsing: keeps --help fast
   try:
     _command_line_durations_win(_CONFIG.value, sys.argv)

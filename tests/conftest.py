@@ -32,12 +32,16 @@ import pytest  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_module(module, *args, cwd=ROOT, timeout=300):
-  """Runs `python -m module args` as a user would; the child compiles like the rest of the suite (most XLA
-  optimisations off) and sees the same eight simulated devices."""
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='true')
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=cwd, capture_output=True, text=True,
-                        timeout=timeout, env=env)
+def module_command(module, *args, **env):
+  """`python -m module args` as a user would run it, and its environment: the child compiles like the
+  rest of the suite (most XLA optimisations off) and sees the same eight simulated devices unless `env`
+  says otherwise."""
+  return [sys.executable, '-m', module, *args], dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='true', **env)
+
+
+def run_module(module, *args, cwd=ROOT, timeout=300, **env):
+  command, env = module_command(module, *args, **env)
+  return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def write_idx(path, array):

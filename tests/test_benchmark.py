@@ -1,0 +1,55 @@
+"""experiments.benchmark: finite numbers, the JSON line, the compilation cache, peers, bad input."""
+
+import json
+import math
+
+import pytest
+
+from conftest import run_module
+
+TINY = ['--model=lenet', '--batch=8', '--size=32', '--steps=2', '--warmup=1', '--json']
+
+
+def _record(result):
+  assert result.returncode == 0, result.stderr[-2000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_prints_finite_numbers_and_a_json_last_line(tmp_path):
+  record = _record(run_module('experiments.benchmark', *TINY, JAX_COMPILATION_CACHE_DIR=str(tmp_path)))
+  assert {'model', 'batch', 'size', 'train_images_per_sec', 'infer_images_per_sec', 'compile_s', 'mfu'} <= set(record)
+  assert (record['model'], record['batch'], record['size']) == ('lenet', 8, 32)
+  for key in ('train_images_per_sec', 'infer_images_per_sec', 'compile_s', 'step_ms', 'flops_per_step',
+              'peak_flops'):
+    assert math.isfinite(record[key]) and record[key] > 0, key
+  assert 0 < record['mfu'] < 1
+  assert record['mfu'] == pytest.approx(
+      record['flops_per_step'] / (record['step_ms'] / 1e3) / record['peak_flops'])
+
+
+def test_a_second_run_reuses_the_compilation_cache(tmp_path):
+  first = _record(run_module('experiments.benchmark', *TINY, JAX_COMPILATION_CACHE_DIR=str(tmp_path)))
+  assert first['cache_hits'] == 0 and any(tmp_path.iterdir())
+  second = _record(run_module('experiments.benchmark', *TINY, JAX_COMPILATION_CACHE_DIR=str(tmp_path)))
+  assert second['cache_hits'] >= 1   # the train step's program came from the cache
+
+
+def test_torchvision_peer_is_timed_in_the_same_setup(tmp_path):
+  record = _record(run_module('experiments.benchmark', '--model=googlenet', '--aux=off', '--batch=2',
+                              '--size=64', '--steps=1', '--warmup=0', '--peer=torchvision', '--json',
+                              JAX_COMPILATION_CACHE_DIR=str(tmp_path)))
+  assert record['peer'] == 'torchvision' and record['train_images_per_sec'] > 0
+  assert 0 < record['mfu'] < 1
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--model=nope'], "unknown model 'nope'"),
+    (['--model=v3', '--size=60'], "below inception_v3's minimum of 75 pixels"),
+    (['--model=v3', '--size=90', '--aux=on'], "below inception_v3's minimum of 107 pixels with auxiliary heads"),
+    (['--model=lenet', '--batch=0'], '--batch must be a positive multiple'),
+    (['--model=lenet', '--peer=keras'], 'keras has no lenet'),
+])
+def test_bad_input_is_one_clear_error(args, message):
+  result = run_module('experiments.benchmark', *args)
+  assert result.returncode == 2
+  assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
