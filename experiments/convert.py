@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
   try:
     pretrained = convert.convert(args.source, args.src)
     directory = convert.save(pretrained, args.out)
-  except convert.ConversionError as e:
+  except (convert.ConversionError, OSError) as e:  # OSError: an --out the system refuses
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   count = sum(np.size(a) for part in ('params',) for a in _leaves(pretrained.variables[part]))

@@ -263,6 +263,7 @@ def create_schedule(
   """
   if kind not in SCHEDULES:
     raise ValueError(f'unknown learning-rate schedule {kind!r}; valid kinds: {", ".join(SCHEDULES)}')
+  _check_positive('the learning rate (base_lr)', base_lr)
   _check_steps('warmup_steps', warmup_steps, minimum=0)
   if total_steps is not None:
     _check_steps('total_steps', total_steps)

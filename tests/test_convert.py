@@ -292,9 +292,11 @@ def test_pickle_with_code_is_refused_and_not_run(tmp_path):
   path = tmp_path / 'evil.pth'
   with open(path, 'wb') as f:
     pickle.dump({'fc.weight': _Payload()}, f)
-  with pytest.raises(convert.ConversionError, match='refused'):
+  with pytest.raises(convert.ConversionError, match='refused') as refusal:
     convert.convert('timm:inception_v3', str(path))
   assert not (tmp_path / 'ran').exists()
+  # torch's advice to load the file anyway (weights_only=False) is not passed on
+  assert 'weights_only` set to `False' not in str(refusal.value)
 
 
 def test_unknown_source_and_missing_file(tmp_path):

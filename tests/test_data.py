@@ -52,6 +52,23 @@ def test_truncated_idx_file_is_a_clear_error(tmp_path):
     f.write(raw[:-100])
   with pytest.raises(ValueError, match='truncated IDX file'):
     sources.read_idx(str(path))
+  path.write_bytes(path.read_bytes()[:-20])  # a download cut off inside the compressed stream
+  with pytest.raises(ValueError, match='not a readable gzip file'):
+    sources.read_idx(str(path))
+
+
+def test_fashion_mnist_labels_outside_its_classes_are_named_with_file_and_split(fashion_dir):
+  labels = os.path.join(fashion_dir, sources.FASHION_MNIST_FILES['eval'][1])
+  write_idx(labels, np.array([0, 1, 12] + [3] * 9 + [255]))
+  with pytest.raises(ValueError, match=r't10k-labels-idx1-ubyte\.gz \(eval split\): 2 label\(s\) out of range, '
+                                       r'the first 12 at example 2; valid labels are 0\.\.9 \(10 classes\)'):
+    data.create_source('fashion_mnist', fashion_dir)
+
+
+def test_fashion_mnist_images_and_labels_must_agree(fashion_dir):
+  write_idx(os.path.join(fashion_dir, sources.FASHION_MNIST_FILES['eval'][1]), np.arange(12) % 10)
+  with pytest.raises(ValueError, match=r't10k-images-idx3-ubyte\.gz holds 13 images but .* 12 labels'):
+    data.create_source('fashion_mnist', fashion_dir)
 
 
 def make_folder(root, classes=('cat', 'dog', 'emu'), per_class=5):
@@ -91,15 +108,19 @@ def test_image_folder_with_explicit_train_and_val_folders(tmp_path):
   assert labels == [0, 0, 1, 1, 2, 2]
 
 
-def test_corrupt_image_is_skipped_counted_and_named_once(tmp_path, caplog):
+def test_corrupt_image_is_an_error_naming_it_unless_skipping_is_asked_for(tmp_path, caplog):
   make_folder(tmp_path, per_class=4)
   (tmp_path / 'dog' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 this is not a jpeg')
+  with pytest.raises(ValueError, match=r'1 image file\(s\) cannot be decoded, the first .*dog/broken\.jpg; '
+                                       r'.*skip_corrupt_images=True'):
+    data.create_source(f'imagefolder:{tmp_path}', holdout_fraction=0.25)
+  # Asked to, the source leaves it out, says so once, and training goes on.
   with caplog.at_level(logging.WARNING):
-    src = data.create_source(f'imagefolder:{tmp_path}', holdout_fraction=0.25)
+    src = data.create_source(f'imagefolder:{tmp_path}', holdout_fraction=0.25, skip_corrupt_images=True)
   warnings = [r.getMessage() for r in caplog.records if 'unreadable' in r.getMessage()]
   assert len(warnings) == 1 and 'skipping 1 unreadable' in warnings[0] and 'broken.jpg' in warnings[0]
   assert sum(src.split_sizes.values()) == 12
-  for _, batch in zip(range(4), data.train_batches(src, SPEC, 3)):  # training goes on
+  for _, batch in zip(range(4), data.train_batches(src, SPEC, 3)):
     assert np.isfinite(batch['image']).all()
 
 

@@ -65,8 +65,9 @@ def _torch_load(path: str) -> Any:
   try:
     return torch.load(path, map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as e:
+    detail = _refusal(e)
     raise core.ConversionError(f'{path}: refused: the file holds Python objects other than tensors, and '
-                               f'loading them could run code ({_first_line(e)})') from None
+                               f'loading them could run code{f" ({detail})" if detail else ""}') from None
   except (RuntimeError, EOFError, OSError, ValueError) as e:
     raise core.ConversionError(f'{path}: not a readable PyTorch file (truncated or corrupt?): '
                                f'{_first_line(e)}') from None
@@ -84,6 +85,13 @@ def _as_numpy(value: Any) -> np.ndarray | None:
 def _first_line(e: Exception) -> str:
   text = str(e).strip()
   return text.splitlines()[0] if text else type(e).__name__
+
+
+def _refusal(e: Exception) -> str:
+  """What torch's restricted unpickler stopped at ('... unsupported GLOBAL posix.system ...'), without the
+  advice around it to load the file again with weights_only=False, which would run the code."""
+  line = next((line.strip() for line in str(e).splitlines() if 'nsupported' in line), '')
+  return line.split('. ')[0].rstrip('.')
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import struct
+import zlib
 from typing import Callable
 
 import numpy as np
@@ -88,11 +89,16 @@ def _array_source(name, images, labels, class_names) -> Source:
 def read_idx(path: str) -> np.ndarray:
   """Reads an IDX file (gzipped or not): the MNIST family's format, a magic, dims, then uint8 data."""
   opener = gzip.open if path.endswith('.gz') else open
-  with opener(path, 'rb') as f:
-    raw = f.read()
+  try:
+    with opener(path, 'rb') as f:
+      raw = f.read()
+  except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a cut-off or damaged download, or not gzip
+    raise ValueError(f'{path}: not a readable gzip file (truncated or corrupt?): {e}') from None
   if len(raw) < 4 or raw[:2] != b'\0\0' or raw[2] != 0x08:
     raise ValueError(f'{path}: not an IDX file of unsigned bytes')
   ndim = raw[3]
+  if len(raw) < 4 + 4 * ndim:
+    raise ValueError(f'{path}: truncated IDX file (its header is cut off)')
   dims = struct.unpack(f'>{ndim}I', raw[4:4 + 4 * ndim])
   data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
   if data.size != int(np.prod(dims)):
@@ -123,9 +129,25 @@ def fashion_mnist(data_dir: str | None = None) -> Source:
                        '`dataset-fashion-mnist` package or pass data_dir') from None
   images, labels = {}, {}
   for split, (img, lab) in FASHION_MNIST_FILES.items():
-    images[split] = read_idx(os.path.join(found, img))[..., None]
-    labels[split] = read_idx(os.path.join(found, lab))
+    image_path, label_path = os.path.join(found, img), os.path.join(found, lab)
+    x, y = read_idx(image_path), read_idx(label_path)
+    if x.ndim != 3 or y.ndim != 1:
+      raise ValueError(f'{image_path} and {label_path} should hold images [N, H, W] and labels [N], not '
+                       f'arrays of shape {x.shape} and {y.shape}')
+    if len(x) != len(y):
+      raise ValueError(f'{image_path} holds {len(x)} images but {label_path} {len(y)} labels')
+    check_labels(y, len(FASHION_MNIST_CLASSES), f'{label_path} ({split} split)')
+    images[split], labels[split] = x[..., None], y
   return _array_source('fashion_mnist', images, labels, FASHION_MNIST_CLASSES)
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
+  """Labels outside 0..num_classes-1 are an error where the file is known: past this point they would
+  become all-zero one-hot targets, and the run would train on them without a word."""
+  bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+  if bad.size:
+    raise ValueError(f'{where}: {bad.size} label(s) out of range, the first {labels[bad[0]]} at example '
+                     f'{bad[0]}; valid labels are 0..{num_classes - 1} ({num_classes} classes)')
 
 
 # --- ImageFolder ----------------------------------------------------------------------------------------
@@ -152,21 +174,37 @@ def _readable(path: str) -> bool:
     return False
 
 
-def _drop_unreadable(files: list[tuple[str, int]], root: str) -> list[tuple[str, int]]:
-  """Skips files that cannot be decoded; warns once with the count and the first name. Training goes on."""
+def _decodable_files(files: dict[str, list[tuple[str, int]]], root: str,
+                     skip: bool) -> dict[str, list[tuple[str, int]]]:
+  """`files` without those that cannot be decoded, which are an error unless `skip`.
+
+  A file that does not decode is usually a broken copy or download, and training quietly on fewer images
+  than the folder holds would change the experiment; the error names the first and the count. With `skip`
+  they are left out with one warning, for folders scraped from the web where a few bad files are expected.
+  """
+  paths = [f for split in SPLITS for f, _ in files[split]]
   with concurrent.futures.ThreadPoolExecutor(8) as pool:
-    ok = list(pool.map(_readable, [f for f, _ in files]))
-  bad = [f for (f, _), good in zip(files, ok) if not good]
-  if bad:
-    logging.warning('ImageFolder %s: skipping %d unreadable image(s), first: %s', root, len(bad), bad[0])
-  return [f for f, good in zip(files, ok) if good]
+    readable = dict(zip(paths, pool.map(_readable, paths)))
+  bad = sorted(f for f, ok in readable.items() if not ok)
+  if not bad:
+    return files
+  if not skip:
+    raise ValueError(f'ImageFolder {root!r}: {len(bad)} image file(s) cannot be decoded, the first {bad[0]}; '
+                     'replace or remove them, or set skip_corrupt_images=True to train without them')
+  logging.warning('ImageFolder %s: skipping %d unreadable image(s), first: %s', root, len(bad), bad[0])
+  files = {split: [(f, y) for f, y in files[split] if readable[f]] for split in SPLITS}
+  if not files['train']:
+    raise ValueError(f'ImageFolder {root!r}: none of its training images can be decoded')
+  return files
 
 
-def image_folder(root: str, holdout_fraction: float = 0.1, seed: int = 0) -> Source:
+def image_folder(root: str, holdout_fraction: float = 0.1, seed: int = 0,
+                 skip_corrupt_images: bool = False) -> Source:
   """A directory with one sub-folder per class (any depth below it, JPEG/PNG/BMP/GIF, any size).
 
   If `root` has `train/` and `val/` (or `validation/`, `test/`) sub-folders, those are the splits;
-  otherwise `holdout_fraction` of each class (a fixed random choice) is held out for evaluation.
+  otherwise `holdout_fraction` of each class (a fixed random choice) is held out for evaluation. A file
+  that cannot be decoded is an error naming it, unless `skip_corrupt_images` (then one warning).
   """
   if not os.path.isdir(root):
     raise ValueError(f'ImageFolder directory {root!r} does not exist')
@@ -194,7 +232,7 @@ def image_folder(root: str, holdout_fraction: float = 0.1, seed: int = 0) -> Sou
   if not classes or not files['train']:
     raise ValueError(f'ImageFolder {root!r} has no images: expected one sub-folder per class holding '
                      f'{"/".join(e[1:] for e in IMAGE_EXTENSIONS)} files')
-  files = {s: _drop_unreadable(sorted(files[s]), root) for s in SPLITS}
+  files = _decodable_files({s: sorted(files[s]) for s in SPLITS}, root, skip_corrupt_images)
 
   def read(split, index, count):
     fs = files[split]
@@ -259,8 +297,8 @@ def imagenet(data_dir: str | None = None, manual_dir: str | None = None) -> Sour
     manual_dir = manual_dir or os.path.join(builder.data_dir_root, 'downloads', 'manual')
     missing = [t for t in IMAGENET_TARS if not os.path.exists(os.path.join(manual_dir, t))]
     if missing:
-      raise ValueError(f'ImageNet is not prepared and {", ".join(missing)} is missing from {manual_dir}: '
-                       'download the ILSVRC2012 tars there (or pass manual_dir)')
+      raise ValueError(f'ImageNet is not prepared and {manual_dir} lacks {" and ".join(missing)}: download '
+                       'the ILSVRC2012 tars into that folder (the first run prepares the dataset from them)')
   return tfds_source('imagenet2012', data_dir,
                      tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None)
 
@@ -268,7 +306,8 @@ def imagenet(data_dir: str | None = None, manual_dir: str | None = None) -> Sour
 def create_source(name: str, data_dir: str | None = None, **options) -> Source:
   """Opens a source by name: 'fashion_mnist', 'imagenet2012' (or 'imagenet'), 'imagefolder:DIR' (or
   'imagefolder' with data_dir), 'tfds:NAME' or a bare TFDS dataset name. ('synthetic' is not a tf.data
-  source; see `pipeline.synthetic_batches`.)"""
+  source; see `pipeline.synthetic_batches`.) Options: `manual_dir` (ImageNet's tars), `holdout_fraction`
+  and `skip_corrupt_images` (ImageFolder)."""
   if name == 'fashion_mnist':
     return fashion_mnist(data_dir)
   if name in ('imagenet', 'imagenet2012'):
@@ -277,7 +316,8 @@ def create_source(name: str, data_dir: str | None = None, **options) -> Source:
     root = name.partition(':')[2] or data_dir
     if not root:
       raise ValueError("imagefolder needs a directory: 'imagefolder:DIR' or data_dir")
-    return image_folder(root, options.get('holdout_fraction', 0.1))
+    return image_folder(root, options.get('holdout_fraction', 0.1),
+                        skip_corrupt_images=options.get('skip_corrupt_images', False))
   if name.startswith('tfds:'):
     name = name[len('tfds:'):]
   if not name or name == 'synthetic' or name not in tfds.list_builders():
