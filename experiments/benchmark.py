@@ -175,6 +175,66 @@ def measure_train_step(c, steps: int, warmup: int, devices=None, num_classes: in
           'cache_hits': hits.count, 'model': model, 'steps': steps_, 'state': holder['state'], 'batch': batch}
 
 
+def step_memory_bytes(c, num_classes: int = 1000) -> int:
+  """Bytes one device needs for config `c`'s train step, from XLA's buffer assignment: the state and the
+  batch (the state is donated, so its outputs reuse its buffers) plus the step's temporaries. Compiles
+  for abstract inputs; nothing is allocated."""
+  import jax
+  from inception_jax import train
+  model = train.build_model(c, num_classes)
+  tx, schedule = train.build_optimizer(c, total_steps=10_000, steps_per_epoch=1_000, global_batch=c.batch_size)
+  steps_ = train.Steps(model, tx, schedule, c)
+  rng = jax.random.key(0)
+  state = jax.eval_shape(steps_.init, rng)
+  image = (c.batch_size, c.image_size, c.image_size, 3)
+  batch = {'image': jax.ShapeDtypeStruct(image, np.float32, sharding=steps_.sharded),
+           'label': jax.ShapeDtypeStruct(image[:1], np.int32, sharding=steps_.sharded)}
+  m = steps_.train_step.lower(state, batch, rng).compile().memory_analysis()
+  return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+          + m.temp_size_in_bytes)
+
+
+def device_memory_bytes() -> tuple[int, str]:
+  """(usable bytes of one device, where the figure comes from): the allocator's limit on GPUs and TPUs,
+  the machine's RAM shared by its CPU devices."""
+  import jax
+  device = jax.devices()[0]
+  limit = (device.memory_stats() or {}).get('bytes_limit')
+  if limit:
+    return int(limit), f'{device.device_kind} allocator limit'
+  ram = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  return ram // jax.local_device_count(), 'RAM / CPU devices'
+
+
+def largest_batch(c, limit_bytes: int, num_classes: int = 1000) -> tuple[int, list[tuple[int, int]]]:
+  """The largest global batch (a multiple of the device count) whose train step fits in `limit_bytes`
+  per device, and the (batch, bytes) compilations that found it. Memory grows linearly with the batch,
+  so two compilations predict it and a few more confirm it."""
+  import jax
+  unit = jax.device_count()
+  tried: dict[int, int] = {}
+
+  def need(batch: int) -> int:
+    if batch not in tried:
+      c.batch_size = batch
+      tried[batch] = step_memory_bytes(c, num_classes)
+    return tried[batch]
+
+  low, high = 8 * unit, 16 * unit
+  per_image = (need(high) - need(low)) / (high - low)
+  fixed = need(low) - per_image * low
+  if fixed + per_image * unit > limit_bytes:
+    raise ValueError(f'even batch {unit} needs {fixed + per_image * unit:,.0f} bytes per device, '
+                     f'over the {limit_bytes:,} available')
+  batch = max(unit, int((limit_bytes - fixed) / per_image) // unit * unit)
+  while need(batch) > limit_bytes and batch > unit:   # the prediction was a little high: step down
+    batch -= unit * max(1, (need(batch) - limit_bytes) // int(per_image * unit) + 1)
+    batch = max(batch, unit)
+  while need(batch + unit) <= limit_bytes:             # ... or a little low: step up
+    batch += unit
+  return batch, sorted(tried.items())
+
+
 def benchmark_ours(c, steps: int, warmup: int, num_classes: int = 1000) -> dict:
   import jax
   out = measure_train_step(c, steps, warmup, num_classes=num_classes)
@@ -260,9 +320,19 @@ def main(argv=None) -> int:
   parser.add_argument('--steps', type=int, default=10, help='timed steps (the median is reported)')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--peer', choices=sorted(PEERS), default=None, help='time this library instead of ours')
+  parser.add_argument('--remat', action='store_true',
+                      help='activation checkpointing (config key remat): keep only conv/dense outputs')
+  parser.add_argument('--max_batch', action='store_true',
+                      help="instead of timing: the largest batch whose train step fits in a device's "
+                           'memory, from XLA\'s buffer assignment (no arrays are allocated)')
+  parser.add_argument('--memory_gb', type=float, default=None,
+                      help="with --max_batch: a device's memory (default: the allocator's limit; on the "
+                           'CPU the RAM divided among the CPU devices)')
   parser.add_argument('--no_cache', action='store_true', help='no persistent compilation cache')
   parser.add_argument('--json', action='store_true', help='end with one JSON line')
   args = parser.parse_args(argv)
+  if args.peer == 'keras':  # before anything imports Keras (TensorFlow, loaded by our input code, can)
+    os.environ.setdefault('KERAS_BACKEND', 'jax')
   import jax
   from inception_jax import models
   if args.batch < 1 or (args.peer is None and args.batch % jax.device_count()):
@@ -284,7 +354,10 @@ def main(argv=None) -> int:
                        f'{", ".join(PEERS[args.peer])}')
   except ValueError as e:
     _fail(str(e))
+  c.remat = args.remat
   cache = None if args.no_cache else enable_compilation_cache()
+  if args.max_batch:
+    return report_largest_batch(c, args)
 
   ours = benchmark_ours(c, args.steps, args.warmup) if args.peer is None else None
   if args.peer is not None:
@@ -298,7 +371,7 @@ def main(argv=None) -> int:
   peak, peak_source = peak_flops(args.dtype)
   record = {
       'model': c.model, 'peer': args.peer, 'batch': c.batch_size, 'size': c.image_size, 'dtype': c.dtype,
-      'aux': bool(c.aux_logits), 'devices': jax.device_count(), 'platform': jax.devices()[0].platform,
+      'aux': bool(c.aux_logits), 'remat': bool(c.remat), 'devices': jax.device_count(), 'platform': jax.devices()[0].platform,
       'device_kind': jax.devices()[0].device_kind,
       'train_images_per_sec': c.batch_size / result['step_s'],
       'infer_images_per_sec': c.batch_size / result['infer_s'],
@@ -315,6 +388,28 @@ def main(argv=None) -> int:
         f'({record["step_ms"]:.0f} ms/step), inference {record["infer_images_per_sec"]:.1f} img/s, '
         f'compile {record["compile_s"]:.1f} s, MFU {100 * record["mfu"]:.1f}% '
         f'(of {peak / 1e12:.2f} TFLOP/s, {peak_source})', flush=True)
+  if args.json:
+    print(json.dumps(record), flush=True)
+  return 0
+
+
+def report_largest_batch(c, args) -> int:
+  import jax
+  if args.peer:
+    _fail('--max_batch measures our train step; it takes no --peer')
+  limit, source = ((int(args.memory_gb * 2**30), '--memory_gb') if args.memory_gb else device_memory_bytes())
+  try:
+    batch, tried = largest_batch(c, limit)
+  except ValueError as e:
+    _fail(str(e))
+  per_image = (tried[-1][1] - tried[0][1]) / max(1, tried[-1][0] - tried[0][0])
+  record = {'model': c.model, 'size': c.image_size, 'dtype': c.dtype, 'aux': bool(c.aux_logits),
+            'remat': bool(c.remat), 'devices': jax.device_count(), 'device_kind': jax.devices()[0].device_kind,
+            'memory_limit_bytes': limit, 'memory_limit_source': source, 'max_batch': batch,
+            'bytes_per_image': per_image, 'tried': [{'batch': b, 'bytes': n} for b, n in tried]}
+  print(f'{c.model} at {c.image_size}px {c.dtype}{" with remat" if c.remat else ""}: largest global batch '
+        f'{batch} on {record["devices"]} × {record["device_kind"]} with {limit / 2**30:.1f} GiB each '
+        f'({source}); {per_image / 2**20:.1f} MiB per image', flush=True)
   if args.json:
     print(json.dumps(record), flush=True)
   return 0

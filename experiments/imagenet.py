@@ -8,20 +8,30 @@
 path to a config file. Any key can be overridden with --config.KEY=VALUE; an unknown key is an error.
 """
 
+import difflib
+import importlib.util
 import os
+import re
 import sys
 
 from absl import app, flags, logging
+import ml_collections
 from ml_collections import config_flags
 
 from experiments.configs import base
 
 CONFIGS = os.path.join(os.path.dirname(__file__), 'configs')
+# Exit statuses besides 0 (finished) and 2 (bad input): a non-finite loss or gradient stopped the run; a
+# preemption notice (SIGTERM) stopped it after a checkpoint, so running the command again resumes it
+# (75 is sysexits' EX_TEMPFAIL: try again).
+EXIT_NONFINITE = 3
+EXIT_PREEMPTED = 75
 
 
 def _fail(message: str) -> None:
-  """Bad input: one line on stderr, exit status 2."""
-  print(f'error: {message}', file=sys.stderr)
+  """Bad input: one line on stderr, exit status 2. (A library's message over several lines is joined.)"""
+  line = ' '.join(part.strip() for part in str(message).splitlines() if part.strip())
+  print(f'error: {line}', file=sys.stderr)
   sys.exit(2)
 
 
@@ -31,11 +41,73 @@ def _parse(argv: list[str]) -> list[str]:
   try:
     flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(str(e))
-  except (AttributeError, KeyError) as e:  # ml_collections' word for an override of a missing key
-    _fail(f'unknown config key {str(e).strip(chr(34) + chr(39))!r}; the keys are those of '
-          'experiments/configs/base.py')
+    _fail(_config_file_error(e) or _wrong_type(e, argv) or str(e))
+  except (AttributeError, KeyError, IndexError) as e:  # ml_collections: an override of a missing key
+    _fail(_unknown_key(argv) or f'unknown config key ({e})')
   return argv
+
+
+def _config_file_error(e: Exception) -> str | None:
+  """What the config file's `get_config` raised (e.g. `--config=v1:typo`): absl reports it inside a
+  message that holds config_flags' whole traceback."""
+  while e is not None:
+    if str(e).startswith('Error whilst parsing config file') and e.__context__ is not None:
+      return str(e.__context__)
+    e = e.__context__
+  return None
+
+
+_KINDS = {int: 'an integer', float: 'a number', bool: 'True or False', str: 'a string', tuple: 'a tuple'}
+
+
+def _wrong_type(e: Exception, argv: list[str]) -> str | None:
+  """`--config.KEY=VALUE` where VALUE is not of KEY's type: says the type (absl passes on what int() or
+  float() said)."""
+  match = re.match(r'flag --config\.([\w.]+)=(.*?): ', str(e))
+  config = _config(argv) if match else None
+  if config is None:
+    return None
+  key, value = match.groups()
+  *parents, leaf = key.split('.')
+  for parent in parents:
+    config = config[parent]
+  kind = config.get_type(leaf)
+  return f'{key} must be {_KINDS.get(kind, kind.__name__)}, got {value!r}'
+
+
+def _unknown_key(argv: list[str]) -> str | None:
+  """The first `--config.KEY` the config lacks, with the nearest key it has. (ml_collections' error names
+  only the key's last part.)"""
+  config = _config(argv)
+  if config is None:
+    return None
+  keys = list(_keys(config))
+  for a in argv:
+    key = a[len('--config.'):].split('=')[0] if a.startswith('--config.') else None
+    if key and key not in keys:
+      near = difflib.get_close_matches(key, keys, 1)
+      return (f'unknown config key {key!r}' + (f'; did you mean {near[0]!r}?' if near else '')
+              + ' (the keys are those of experiments/configs/base.py and the preset)')
+  return None
+
+
+def _config(argv: list[str]) -> ml_collections.ConfigDict | None:
+  """The config `--config` names, loaded afresh to look a key up after ml_collections rejected one."""
+  value = next((a[len('--config='):] for a in argv if a.startswith('--config=')), None)
+  if value is None:
+    return None
+  path, sep, arg = value.partition(':')
+  spec = importlib.util.spec_from_file_location('config_file', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if sep else module.get_config()
+
+
+def _keys(config, prefix: str = ''):
+  for key, value in config.items():
+    yield prefix + key
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _keys(value, f'{prefix}{key}.')
 
 
 def _preset_path(argv: list[str]) -> list[str]:
@@ -65,6 +137,9 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'multi-host: number of processes')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'multi-host: this process, 0..num_processes-1')
 _MULTIHOST = flags.DEFINE_bool('multihost', False, 'initialise jax.distributed from the environment')
+_HEARTBEAT = flags.DEFINE_integer(
+    'heartbeat_timeout_s', 100, 'multi-host: seconds without news from a process before the others stop '
+    'with an error (a process that died would otherwise leave them waiting)')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -91,7 +166,8 @@ def start_distributed() -> None:
   behave like N hosts."""
   import jax
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                             heartbeat_timeout_seconds=_HEARTBEAT.value)
 
 
 def quiet_logging() -> None:
@@ -110,7 +186,15 @@ def main(argv):
   try:
     _command_line_durations_win(_CONFIG.value, sys.argv)
     results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FloatingPointError) as e:
+  except train.Preempted as e:
+    print(str(e), file=sys.stderr, flush=True)
+    sys.exit(EXIT_PREEMPTED)
+  except FloatingPointError as e:  # the run diverged: not bad input, and a wrapper may want to tell
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(EXIT_NONFINITE)
+  except (ValueError, OSError) as e:
+    # A value the code rejects, or a path the system refuses (below a file, not writable): the message
+    # names it, and a traceback would add nothing the user can act on.
     _fail(str(e))
   if results:
     print(f'final test accuracy over all {int(results["eval/count"]):,} examples: '

@@ -11,6 +11,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+class CheckpointMismatch(ValueError):
+  """A readable checkpoint whose arrays do not fit the state it should be restored into."""
+
+
 class Checkpointer:
   """A thin wrapper over `ocp.CheckpointManager` saving the whole `TrainState` under `workdir/checkpoints`."""
 
@@ -19,7 +23,8 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=async_save))
+                                             enable_async_checkpointing=async_save),
+        item_handlers=ocp.StandardCheckpointHandler())
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -33,9 +38,63 @@ class Checkpointer:
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
     return self.manager.restore(step, args=ocp.args.StandardRestore(target))
 
+  def restore_newest(self, state: Any) -> tuple[Any, int | None]:
+    """(`state` restored from the newest readable checkpoint, its step), or (`state`, None) when there is
+    none. A checkpoint that cannot be read (truncated or corrupted files, e.g. a copy cut short) is
+    reported in one line and moved aside to `workdir/corrupt_checkpoints/` — kept for inspection, and out
+    of the manager's way so that the step can be saved again — and the one before it is tried. A readable
+    checkpoint of another model is an error (a new workdir, or `init_from`, is what was meant)."""
+    self.manager.reload()
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        self._check_shapes(step, state)
+        return self.restore(state, step), step
+      except CheckpointMismatch:
+        raise
+      except Exception as e:  # orbax, tensorstore and the file system each raise their own kinds
+        reason = (str(e).strip().splitlines() or [''])[0][:200]
+        moved = self._move_aside(step)
+        print(f'checkpoint step {step} is unreadable ({type(e).__name__}: {reason}); moved to {moved}; '
+              'trying the one before it', flush=True)
+    return state, None
+
+  def _check_shapes(self, step: int, state: Any) -> None:
+    """Raises `CheckpointMismatch` when the checkpoint's arrays differ in shape from `state`'s."""
+    saved = self.manager.item_metadata(step)
+    saved = {'/'.join(str(getattr(k, 'key', k)) for k in path): m
+             for path, m in jax.tree_util.tree_flatten_with_path(dict(saved))[0]}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+      name = '/'.join(str(getattr(k, 'name', getattr(k, 'key', k))) for k in path)
+      meta = saved.get(name)
+      shape = tuple(getattr(meta, 'shape', ()) or ())
+      if meta is None or shape != tuple(leaf.shape):
+        found = 'missing' if meta is None else f'of shape {shape}'
+        raise CheckpointMismatch(
+            f'checkpoint step {step} in {self.directory} does not belong to this run: its {name} is {found}, '
+            f'this model\'s is of shape {tuple(leaf.shape)} (another model or num_classes?); resume it '
+            'with its own config, or give a new workdir (with init_from to start from its weights)')
+
+  def _move_aside(self, step: int) -> str:
+    source = os.path.join(self.directory, str(step))
+    target = os.path.join(os.path.dirname(self.directory), 'corrupt_checkpoints', str(step))
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      suffix = 0
+      while os.path.exists(target + (f'.{suffix}' if suffix else '')):
+        suffix += 1
+      target += f'.{suffix}' if suffix else ''
+      os.rename(source, target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f'checkpoint {step} moved aside')
+    self.manager.reload()
+    return target
+
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    if self.manager is not None:
+      self.manager.wait_until_finished()
+      self.manager.close()
+      self.manager = None
 
 
 def read_weights(path: str) -> dict[str, Any]:

@@ -9,8 +9,11 @@ with its own part of the batch and gradients are averaged explicitly.
 from __future__ import annotations
 
 import functools
-import math
 import os
+import shutil
+import signal
+import tempfile
+import threading
 from typing import Any, Callable
 
 import flax
@@ -37,6 +40,10 @@ class TrainState:
   opt_state: PyTree
   ema_params: PyTree        # Polyak average of params ({} when EMA is off)
   ema_batch_stats: PyTree   # BN statistics collected alongside it
+  # Steps whose input, loss or gradients had a NaN or an infinity: (how many, the first one's step, the
+  # first quantity that was, see `nonfinite_quantities`, and how many were), -1 while there was none.
+  # Such steps change nothing else.
+  nonfinite: jax.Array
 
 
 # --- durations --------------------------------------------------------------------------------------------
@@ -98,7 +105,8 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Arra
   params, batch_stats = variables['params'], variables.get('batch_stats', {})
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                     opt_state=tx.init(params), ema_params=params if ema else {},
-                    ema_batch_stats=batch_stats if ema else {})
+                    ema_batch_stats=batch_stats if ema else {},
+                    nonfinite=jnp.array([0, -1, -1, -1], jnp.int32))
 
 
 def init_from_checkpoint(state: TrainState, path: str, num_classes: int, ema: bool) -> TrainState:
@@ -156,8 +164,21 @@ def _graft(target: PyTree, source: PyTree, num_classes: int, path: str, fresh: l
 # --- steps --------------------------------------------------------------------------------------------------
 
 
+
+
+def nonfinite_quantities(params: PyTree) -> list[str]:
+  """What the step checks for NaN and infinity, in order: its input, its loss, then the gradient of each
+  parameter array (in the order of `jax.tree.leaves`). `TrainState.nonfinite[2]` indexes this list."""
+  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  return ['input images', 'loss'] + ['gradient of ' + '/'.join(str(k.key) for k in path) for path in paths]
+
+
+def _squared_norms(tree) -> list[jax.Array]:
+  return [jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)]
+
+
 def _l2(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+  return jnp.sqrt(sum(_squared_norms(tree)))
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
@@ -180,23 +201,56 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         total, parts = total + decay, {**parts, 'weight_decay': decay}
       return total, (parts, updates.get('batch_stats', {}), out.logits)
 
+    if config.get('remat'):
+      loss_fn = jax.checkpoint(loss_fn, policy=jax.checkpoint_policies.dots_saveable)
     (loss, (parts, batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     top1 = losses.topk_correct(logits, batch['label'], 1) / logits.shape[0]
+    input_finite = jnp.isfinite(jnp.sum(batch['image'].astype(jnp.float32) * 0))  # NaN iff one is
     if axis_name is not None:
       grads, loss, parts, top1, batch_stats = jax.lax.pmean((grads, loss, parts, top1, batch_stats),
                                                              axis_name)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
-    if config.ema_decay:
-      decay = optim.ema_decay_at(state.step, config.ema_decay) if config.ema_warmup else config.ema_decay
-      ema_params = optim.ema_update(ema_params, params, decay)
-      ema_batch_stats = optim.ema_update(ema_batch_stats, batch_stats, decay)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state, ema_params=ema_params, ema_batch_stats=ema_batch_stats)
+      input_finite = jax.lax.pmin(input_finite.astype(jnp.int32), axis_name).astype(bool)
+    # A gradient array is non-finite when its squared norm is: it holds a NaN or an infinity, or its
+    # values reach ~1e19. (The norms are needed for the metrics anyway; a second reduction per array
+    # would add minutes to XLA's compilation of the step.)
+    grad_norms = _squared_norms(grads)
+    finite = jnp.stack([input_finite, jnp.isfinite(loss)] + [jnp.isfinite(n) for n in grad_norms])
+    ok = jnp.all(finite)
+
+    def apply(grads, batch_stats):
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
+      if config.ema_decay:
+        decay = optim.ema_decay_at(state.step, config.ema_decay) if config.ema_warmup else config.ema_decay
+        ema_params = optim.ema_update(ema_params, params, decay)
+        ema_batch_stats = optim.ema_update(ema_batch_stats, batch_stats, decay)
+      return (params, batch_stats, opt_state, ema_params, ema_batch_stats), _l2(updates)
+
+    def keep(grads, batch_stats):
+      del grads, batch_stats
+      return ((state.params, state.batch_stats, state.opt_state, state.ema_params, state.ema_batch_stats),
+              jnp.zeros((), jnp.float32))
+
+    # A step with a non-finite input, loss or gradient is counted. Skipping it (keeping the old state) is
+    # an option, as it costs: a conditional around the update doubles XLA:CPU's compile time (and a
+    # select per array, all waiting on every gradient's norm, takes it minutes). Without it the loop
+    # stops at the next log step or checkpoint, before anything non-finite is written.
+    if config.get('skip_nonfinite_steps'):
+      (params, batch_stats, opt_state, ema_params, ema_batch_stats), l2_updates = jax.lax.cond(
+          ok, apply, keep, grads, batch_stats)
+    else:
+      (params, batch_stats, opt_state, ema_params, ema_batch_stats), l2_updates = apply(grads, batch_stats)
+    count = state.nonfinite[0]
+    first = (count == 0) & ~ok
+    nonfinite = jnp.where(first, jnp.stack([count, state.step, jnp.argmin(finite).astype(jnp.int32),
+                                            jnp.sum(~finite, dtype=jnp.int32)]), state.nonfinite)
+    nonfinite = nonfinite.at[0].add((~ok).astype(jnp.int32))
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+                              ema_params=ema_params, ema_batch_stats=ema_batch_stats, nonfinite=nonfinite)
     metrics = {'loss': loss, **{f'loss_{k}': v for k, v in parts.items()}, 'top1': top1,
-               'learning_rate': schedule(state.step), 'l2_grads': _l2(grads), 'l2_params': _l2(params),
-               'l2_updates': _l2(updates)}
+               'learning_rate': schedule(state.step), 'l2_grads': jnp.sqrt(sum(grad_norms)),
+               'l2_params': _l2(params), 'l2_updates': l2_updates}
     return new_state, metrics
 
   return train_step
@@ -269,10 +323,79 @@ def evaluate(steps_: Steps, params, batch_stats, batches: data.EvalBatches) -> d
 # --- the loop -----------------------------------------------------------------------------------------------
 
 
-def _check_finite(step: int, metrics: dict[str, float]) -> None:
-  for k in ('loss', 'l2_grads'):
-    if not math.isfinite(metrics[k]):
-      raise FloatingPointError(f'non-finite {k} ({metrics[k]}) at step {step}')
+class Preempted(Exception):
+  """Training stopped at a preemption notice (SIGTERM) after writing a checkpoint; the same command
+  resumes it."""
+
+
+class PreemptionNotice:
+  """Turns SIGTERM into a request to stop at a step boundary.
+
+  Alone, a signal handler sets a flag. With several processes, JAX's preemption service (started by
+  `jax.distributed.initialize`) catches the signal and picks a step that every process stops at, since a
+  process that stopped alone would leave the others waiting in a collective.
+  """
+
+  def __init__(self):
+    self.received = False
+    self._shared = jax.process_count() > 1
+    self._previous = None
+    if not self._shared and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame) -> None:
+    del signum, frame
+    self.received = True
+
+  def reached(self, step: int) -> bool:
+    """Whether to stop after `step` (call it after every step)."""
+    if self._shared:
+      from jax.experimental import multihost_utils
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.received
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
+def check_nonfinite(state: TrainState, skip: bool, last_checkpoint: int | None) -> int:
+  """The number of steps so far with a NaN or infinity in their input, loss or gradients; without `skip`
+  any is an error naming the first. Input is a `ValueError` (bad data), the rest `FloatingPointError`."""
+  count, step, what, how_many = (int(v) for v in jax.device_get(state.nonfinite))
+  if count == 0 or skip:
+    return count
+  quantity = nonfinite_quantities(state.params)[what]
+  others = f' (and {how_many - 1} more quantities)' if how_many > 1 else ''
+  kept = (f'the newest checkpoint, step {last_checkpoint}, is from before it' if last_checkpoint
+          else 'no checkpoint was written')
+  error = ValueError if quantity == 'input images' else FloatingPointError
+  raise error(f'non-finite {quantity}{others} at step {step + 1}; stopped without applying it, and {kept}. '
+              '--config.skip_nonfinite_steps=True skips such steps instead')
+
+
+def check_workdir(workdir: str) -> None:
+  """Fails before any work when the workdir cannot hold a run (a file there, no permission)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f'workdir {workdir!r} exists and is not a directory')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test'):
+      pass
+  except OSError as e:
+    raise ValueError(f'workdir {workdir!r} is not writable ({e.strerror or e}); give a directory this '
+                     'user can create files in') from None
+
+
+def check_free_space(workdir: str, state: TrainState) -> None:
+  """Fails before the first step when the workdir's disk cannot hold two checkpoints (the newest and the
+  one being written)."""
+  need = 2 * sum(x.nbytes for x in jax.tree.leaves(state))
+  free = shutil.disk_usage(workdir).free
+  if free < need:
+    raise ValueError(f'workdir {workdir!r}: {free / 2**20:,.0f} MiB free on its disk, but two checkpoints '
+                     f'of this run take {need / 2**20:,.0f} MiB; free some space or choose another workdir')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -283,9 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `make_probe(model)`, if given, returns `probe(step, state, batch)`, which sees the state and the global
   batch before every training step (`step` updates done); the gradient-flow study measures there.
   """
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ValueError(f'workdir {workdir!r} exists and is not a directory')
-  os.makedirs(workdir, exist_ok=True)
+  check_workdir(workdir)
   process_count = jax.process_count()
   for key in ('batch_size', 'eval_batch_size'):
     value = config[key] or config.batch_size
@@ -297,7 +418,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_local_batch = (config.eval_batch_size or config.batch_size) // process_count
 
   source = data.create_source(config.dataset, config.data_dir or None,
-                              holdout_fraction=config.holdout_fraction)
+                              holdout_fraction=config.holdout_fraction,
+                              skip_corrupt_images=config.skip_corrupt_images)
   num_classes = config.num_classes or source.num_classes
   data.check_num_classes(source, num_classes)
   info = models.model_info(config.model)
@@ -322,10 +444,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   init_rng, step_rng = jax.random.split(rng)
   state = steps_.init(init_rng)
 
+  check_free_space(workdir, state)
   ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
-  start = ckpt.latest_step() or 0
+  state, start = ckpt.restore_newest(state)
+  start = start or 0
   if start:
-    state = ckpt.restore(state)
     print(f'resumed from step {start} in {ckpt.directory}', flush=True)
   elif config.init_from:
     state = init_from_checkpoint(state, config.init_from, num_classes, ema=bool(config.ema_decay))
@@ -353,23 +476,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   results = {}
   reporter.start(start)
-  pending = None
-  for step in range(start + 1, total_steps + 1):
-    batch = steps_.global_batch(next(train_iter))
-    if probe is not None:
-      probe(step - 1, state, batch)
-    state, metrics = steps_.train_step(state, batch, step_rng)
-    if step % log_every == 0 or step == total_steps:
-      pending = jax.device_get(metrics)
-      _check_finite(step, pending)
-      rate = reporter.progress(step, pending['loss'], pending['learning_rate'])
-      reporter.scalars(step, {**{f'train/{k}': v for k, v in pending.items()}, 'train/images_per_sec': rate})
-    if step % checkpoint_every == 0 or step == total_steps:
-      ckpt.save(step, state)
-    if step % eval_every == 0 or step == total_steps:
-      results = run_eval(step)
-  if start >= total_steps:
-    results = run_eval(total_steps)
-  ckpt.close()
-  reporter.close()
+  notice = PreemptionNotice()
+  skip, skipped = config.skip_nonfinite_steps, 0
+  last_checkpoint = start or None
+  try:
+    for step in range(start + 1, total_steps + 1):
+      batch = steps_.global_batch(next(train_iter))
+      if probe is not None:
+        probe(step - 1, state, batch)
+      state, metrics = steps_.train_step(state, batch, step_rng)
+      logs, saves = step % log_every == 0 or step == total_steps, step % checkpoint_every == 0
+      if logs or saves:  # nothing non-finite is logged or saved unnoticed
+        count = check_nonfinite(state, skip, last_checkpoint)
+        if count > skipped and jax.process_index() == 0:
+          print(f'skipped {count - skipped} step(s) with non-finite values ({count} in all)', flush=True)
+        skipped = count
+      if logs:
+        logged = jax.device_get(metrics)
+        rate = reporter.progress(step, logged['loss'], logged['learning_rate'])
+        reporter.scalars(step, {**{f'train/{k}': v for k, v in logged.items()}, 'train/images_per_sec': rate,
+                                'train/nonfinite_steps': skipped})
+      if notice.reached(step):
+        check_nonfinite(state, skip, last_checkpoint)
+        ckpt.save(step, state, force=True)
+        ckpt.close()
+        raise Preempted(f'stopped at step {step} on SIGTERM; checkpoint saved in {ckpt.directory}; '
+                        'the same command resumes the run')
+      if saves or step == total_steps:
+        check_nonfinite(state, skip, last_checkpoint)
+        ckpt.save(step, state)
+        last_checkpoint = step
+      if step % eval_every == 0 or step == total_steps:
+        results = run_eval(step)
+    if start >= total_steps:
+      results = run_eval(total_steps)
+  finally:
+    notice.close()
+    ckpt.close()
+    reporter.close()
   return results

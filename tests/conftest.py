@@ -28,6 +28,8 @@ import subprocess  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from tiny_config import tiny_config  # noqa: E402,F401  (shared by the test modules)
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,36 +15,8 @@ from experiments.configs import base
 from inception_jax import checkpoint, train
 from inception_jax.data import sources
 
-from conftest import ROOT, run_module, write_idx
+from conftest import ROOT, run_module, tiny_config, write_idx
 
-
-
-def tiny_config(data_dir, **overrides):
-  """LeNet on the 40-image Fashion-MNIST stand-in: seconds per run."""
-  c = base.get_config()
-  c.model = 'lenet'
-  c.model_overrides = ml_collections.ConfigDict({'activation': 'relu'})
-  c.dataset = 'fashion_mnist'
-  c.data_dir = data_dir
-  c.image_size = 28
-  c.eval_crop_pct = 1.0
-  c.augment.area_range = (1.0, 1.0)
-  c.augment.aspect_ratio_range = (1.0, 1.0)
-  c.batch_size = 8
-  c.eval_batch_size = 8
-  c.total_epochs = None
-  c.eval_every_epochs = None
-  c.total_steps = 4
-  c.log_every_steps = 1
-  c.optimizer = 'adamw'
-  c.learning_rate = 1e-3
-  c.schedule = 'constant'
-  c.clip_norm = 0.0
-  c.label_smoothing = 0.0
-  c.ema_decay = 0.9
-  c.ema_warmup = False
-  c.update(overrides)
-  return c
 
 
 def read_jsonl(path):

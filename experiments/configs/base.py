@@ -21,11 +21,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.init_from = ''           # fine-tune: a training run's workdir or checkpoint (a new head if classes differ)
   c.dtype = 'float32'        # compute dtype; 'bfloat16' keeps params, BN statistics and the loss in float32
   c.bn_per_device = False    # per-device BN statistics (shard_map) instead of global-batch BN
+  # Activation checkpointing: keep only convolution and dense outputs for the backward pass and recompute
+  # BN, activations, pooling and concatenations from them (less memory for a little more work).
+  c.remat = False
 
   # Data.
   c.dataset = 'imagenet2012'
   c.data_dir = ''            # '' : the source's default location
   c.holdout_fraction = 0.1   # ImageFolder without val/: fraction of each class held out
+  c.skip_corrupt_images = False  # ImageFolder: leave undecodable files out (one warning) rather than stop
   c.image_size = 0           # 0: the model's input size
   c.eval_crop_pct = placeholder(float)  # None: the model's (0.875)
   c.augment = ml_collections.ConfigDict({
@@ -68,6 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.aux_weight = 0.4
   c.ema_decay = 0.9999       # Polyak averaging of the weights; 0 turns it off
   c.ema_warmup = True        # TF's num_updates: decay min(ema_decay, (1+step)/(10+step))
+  # A step whose input, loss or gradients hold a NaN or an infinity changes nothing; the run then stops
+  # with an error naming it (at the next log step or checkpoint), or with this goes on and counts them.
+  c.skip_nonfinite_steps = False
   c.seed = 0
   return c
 

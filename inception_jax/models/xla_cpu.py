@@ -118,16 +118,18 @@ def _max_pool_cpu_bwd(window, strides, padding, residuals, dy):
   hp, wp = xp.shape[1:3]
   (oh, ow), (sh, sw) = y.shape[1:3], strides
   zero = jnp.zeros((), dy.dtype)
-  claimed = jnp.zeros(y.shape, bool)
-  dx = jnp.zeros(xp.shape, dy.dtype)
+  # The first tap starts `claimed` and `dx` rather than arrays of zeros: XLA would constant-fold
+  # `~zeros` into a literal as large as the output, which takes minutes to compile at 299 pixels.
+  claimed = dx = None
   for i in range(window[0]):
     for j in range(window[1]):
-      hit = (_window_slice(xp, i, j, (oh, ow), strides) == y) & ~claimed
-      claimed = claimed | hit
+      hit = _window_slice(xp, i, j, (oh, ow), strides) == y
+      hit = hit if claimed is None else hit & ~claimed
+      claimed = hit if claimed is None else claimed | hit
       placed = lax.pad(jnp.where(hit, dy, zero), zero,
                        ((0, 0, 0), (i, hp - i - (oh - 1) * sh - 1, sh - 1),
                         (j, wp - j - (ow - 1) * sw - 1, sw - 1), (0, 0, 0)))
-      dx = dx + placed
+      dx = placed if dx is None else dx + placed
   return (dx[:, pt:pt + x.shape[1], pl:pl + x.shape[2]],)
 
 
