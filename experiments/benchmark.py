@@ -408,7 +408,7 @@ def report_largest_batch(c, args) -> int:
             'memory_limit_bytes': limit, 'memory_limit_source': source, 'max_batch': batch,
             'bytes_per_image': per_image, 'tried': [{'batch': b, 'bytes': n} for b, n in tried]}
   print(f'{c.model} at {c.image_size}px {c.dtype}{" with remat" if c.remat else ""}: largest global batch '
-        f'{batch} on {record["devices"]} × {record["device_kind"]} with {limit / 2**30:.1f} GiB each '
+        f'{batch} on {record["devices"]} × {record["device_kind"]} with {limit / 2**30:.2f} GiB each '
         f'({source}); {per_image / 2**20:.1f} MiB per image', flush=True)
   if args.json:
     print(json.dumps(record), flush=True)

@@ -53,3 +53,16 @@ def test_bad_input_is_one_clear_error(args, message):
   result = run_module('experiments.benchmark', *args)
   assert result.returncode == 2
   assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_max_batch_is_the_largest_that_fits_with_and_without_remat(tmp_path):
+  records = {}
+  for remat in ([], ['--remat']):
+    records[bool(remat)] = _record(run_module(
+        'experiments.benchmark', '--model=lenet', '--size=28', '--max_batch', '--memory_gb=0.02', '--json',
+        *remat, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_COMPILATION_CACHE_DIR=str(tmp_path)))
+  for record in records.values():
+    limit, best = record['memory_limit_bytes'], record['max_batch']
+    needs = {t['batch']: t['bytes'] for t in record['tried']}
+    assert needs[best] <= limit < needs[best + 1]   # both neighbours were compiled and measured
+  assert records[True]['remat'] and not records[False]['remat']

@@ -11,7 +11,6 @@ import numpy as np
 import optax
 import pytest
 
-from experiments.configs import base
 from inception_jax import checkpoint, train
 from inception_jax.data import sources
 

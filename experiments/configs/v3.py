@@ -37,10 +37,11 @@ def fashion_mnist(c):
   c.batch_size = 32
   c.eval_batch_size = 512  # divisible by 1, 2, 4, 8 devices
   c.total_epochs = None
-  c.total_steps = 800
+  # 1,400 steps (three quarters of an epoch): 86.18% top-1 (1,200: 84.91%; 800: 82.71%; one run each).
+  c.total_steps = 1400
   c.log_every_steps = 50
   c.eval_every_epochs = None   # one evaluation, at the end
-  c.checkpoint_every_steps = 400
+  c.checkpoint_every_steps = 700
   c.model_overrides.bn_momentum = 0.9
   c.optimizer = 'adamw'
   # The first steps' gradient norms are ~10× later ones; b2 = 0.99 forgets them within ~100 steps
