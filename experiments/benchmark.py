@@ -250,14 +250,13 @@ def benchmark_ours(c, steps: int, warmup: int, num_classes: int = 1000) -> dict:
 def benchmark_keras(c, steps: int, warmup: int, num_classes: int = 1000) -> dict:
   """keras.applications' network of the same name, trained with `train_on_batch` (JAX backend). Keras'
   networks have no auxiliary heads, so `--peer=keras` compares without them (`--aux=off` implied)."""
-  os.environ.setdefault('KERAS_BACKEND', 'jax')
   import keras
   if keras.backend.backend() != 'jax':
     _fail(f'--peer=keras needs KERAS_BACKEND=jax (it is {keras.backend.backend()!r})')
   net = getattr(keras.applications, PEERS['keras'][c.model])(
       weights=None, input_shape=(c.image_size, c.image_size, 3), classes=num_classes)
   net.compile(optimizer=keras.optimizers.RMSprop(0.045, rho=0.9, momentum=0.9, epsilon=1.0),
-              loss=keras.losses.SparseCategoricalCrossentropy(label_smoothing=0.0))
+              loss=keras.losses.SparseCategoricalCrossentropy())
   rng = np.random.default_rng(0)
   x = rng.uniform(-1, 1, (c.batch_size, c.image_size, c.image_size, 3)).astype(np.float32)
   y = rng.integers(0, num_classes, (c.batch_size,))
@@ -331,8 +330,8 @@ def main(argv=None) -> int:
   parser.add_argument('--no_cache', action='store_true', help='no persistent compilation cache')
   parser.add_argument('--json', action='store_true', help='end with one JSON line')
   args = parser.parse_args(argv)
-  if args.peer == 'keras':  # before anything imports Keras (TensorFlow, loaded by our input code, can)
-    os.environ.setdefault('KERAS_BACKEND', 'jax')
+  if args.peer == 'keras' and not os.environ.get('KERAS_BACKEND'):
+    os.environ['KERAS_BACKEND'] = 'jax'  # before anything imports Keras (TensorFlow can)
   import jax
   from inception_jax import models
   if args.batch < 1 or (args.peer is None and args.batch % jax.device_count()):

@@ -42,6 +42,15 @@ def test_torchvision_peer_is_timed_in_the_same_setup(tmp_path):
   assert 0 < record['mfu'] < 1
 
 
+def test_keras_peer_trains_its_own_network_with_the_jax_backend(tmp_path):
+  record = _record(run_module('experiments.benchmark', '--model=v3', '--batch=2', '--size=75', '--steps=1',
+                              '--warmup=0', '--peer=keras', '--json', KERAS_BACKEND='',
+                              XLA_FLAGS='--xla_force_host_platform_device_count=1',
+                              JAX_COMPILATION_CACHE_DIR=str(tmp_path)))
+  assert record['peer'] == 'keras' and not record['aux'] and record['train_images_per_sec'] > 0
+  assert 0 < record['mfu'] < 1
+
+
 @pytest.mark.parametrize('args,message', [
     (['--model=nope'], "unknown model 'nope'"),
     (['--model=v3', '--size=60'], "below inception_v3's minimum of 75 pixels"),
