@@ -133,17 +133,23 @@ def config_for(model: str, batch: int, size: int | None, dtype: str, aux: bool |
   return c
 
 
+def _training_steps(c, num_classes: int, devices=None):
+  """Training's own jitted steps (`train.Steps`) for config `c` on a mesh of `devices` (default: all)."""
+  from inception_jax import train
+  model = train.build_model(c, num_classes)
+  tx, schedule = train.build_optimizer(c, total_steps=10_000, steps_per_epoch=1_000, global_batch=c.batch_size)
+  return model, train.Steps(model, tx, schedule, c, mesh=train.data_mesh(devices))
+
+
 def measure_train_step(c, steps: int, warmup: int, devices=None, num_classes: int = 1000,
                        trace_dir: str | None = None) -> dict:
   """Compiles and times training's own step for config `c` on a 1-D mesh of `devices` (default: all), on
   one synthetic batch made on the devices. With `trace_dir`, three more steps are profiled there."""
   import jax
-  from inception_jax import data, train
+  from inception_jax import data
   hits = _CacheHits()
-  mesh = train.data_mesh(devices)
-  model = train.build_model(c, num_classes)
-  tx, schedule = train.build_optimizer(c, total_steps=10_000, steps_per_epoch=1_000, global_batch=c.batch_size)
-  steps_ = train.Steps(model, tx, schedule, c, mesh=mesh)
+  model, steps_ = _training_steps(c, num_classes, devices)
+  mesh = steps_.mesh
   rng = jax.random.key(0)
   state = steps_.init(rng)
   batch = next(data.synthetic_batches(data.ImageSpec(c.image_size), c.batch_size, num_classes,
@@ -180,10 +186,7 @@ def step_memory_bytes(c, num_classes: int = 1000) -> int:
   batch (the state is donated, so its outputs reuse its buffers) plus the step's temporaries. Compiles
   for abstract inputs; nothing is allocated."""
   import jax
-  from inception_jax import train
-  model = train.build_model(c, num_classes)
-  tx, schedule = train.build_optimizer(c, total_steps=10_000, steps_per_epoch=1_000, global_batch=c.batch_size)
-  steps_ = train.Steps(model, tx, schedule, c)
+  _, steps_ = _training_steps(c, num_classes)
   rng = jax.random.key(0)
   state = jax.eval_shape(steps_.init, rng)
   image = (c.batch_size, c.image_size, c.image_size, 3)

@@ -502,8 +502,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         ckpt.close()
         raise Preempted(f'stopped at step {step} on SIGTERM; checkpoint saved in {ckpt.directory}; '
                         'the same command resumes the run')
-      if saves or step == total_steps:
-        check_nonfinite(state, skip, last_checkpoint)
+      if saves or step == total_steps:  # (a final step is a log step: checked above)
         ckpt.save(step, state)
         last_checkpoint = step
       if step % eval_every == 0 or step == total_steps:
