@@ -197,6 +197,33 @@ def step_memory_bytes(c, num_classes: int = 1000) -> int:
           + m.temp_size_in_bytes)
 
 
+def saved_bytes_per_image(c, num_classes: int = 1000) -> float:
+  """Bytes per image that training's backward pass keeps from the forward pass (the residuals of
+  `jax.vjp` of training's loss), as JAX hands the program to any compiler: what `config.remat` reduces,
+  whether or not a backend's scheduler keeps to it. Abstract: nothing is computed."""
+  import jax
+  from inception_jax import train
+  model = train.build_model(c, num_classes)
+  loss_fn = train.make_loss_fn(model, c)
+  rng = jax.random.key(0)
+
+  def saved(batch_size: int) -> int:
+    image = jax.ShapeDtypeStruct((batch_size, c.image_size, c.image_size, 3), np.float32)
+    batch = {'image': image, 'label': jax.ShapeDtypeStruct((batch_size,), np.int32)}
+    variables = jax.eval_shape(lambda x: model.init({'params': rng, 'dropout': rng}, x, train=False), image)
+
+    def residuals(variables, batch):
+      _, backward, _ = jax.vjp(lambda p: loss_fn(p, variables.get('batch_stats', {}), batch, rng),
+                               variables['params'], has_aux=True)
+      return backward
+
+    leaves = jax.tree.leaves(jax.eval_shape(residuals, variables, batch))
+    return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in leaves
+               if not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key))
+
+  return float(saved(2) - saved(1))  # the parameters, saved once whatever the batch, cancel
+
+
 def device_memory_bytes() -> tuple[int, str]:
   """(usable bytes of one device, where the figure comes from): the allocator's limit on GPUs and TPUs,
   the machine's RAM shared by its CPU devices."""
@@ -322,8 +349,9 @@ def main(argv=None) -> int:
   parser.add_argument('--steps', type=int, default=10, help='timed steps (the median is reported)')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--peer', choices=sorted(PEERS), default=None, help='time this library instead of ours')
-  parser.add_argument('--remat', action='store_true',
-                      help='activation checkpointing (config key remat): keep only conv/dense outputs')
+  parser.add_argument('--remat', choices=('blocks', 'dots'), default='',
+                      help='activation checkpointing (config key remat): blocks keeps only each module\'s '
+                           'input, dots the convolution and dense outputs')
   parser.add_argument('--max_batch', action='store_true',
                       help="instead of timing: the largest batch whose train step fits in a device's "
                            'memory, from XLA\'s buffer assignment (no arrays are allocated)')
@@ -373,7 +401,8 @@ def main(argv=None) -> int:
   peak, peak_source = peak_flops(args.dtype)
   record = {
       'model': c.model, 'peer': args.peer, 'batch': c.batch_size, 'size': c.image_size, 'dtype': c.dtype,
-      'aux': bool(c.aux_logits), 'remat': bool(c.remat), 'devices': jax.device_count(), 'platform': jax.devices()[0].platform,
+      'aux': bool(c.aux_logits), 'remat': c.remat,
+      'devices': jax.device_count(), 'platform': jax.devices()[0].platform,
       'device_kind': jax.devices()[0].device_kind,
       'train_images_per_sec': c.batch_size / result['step_s'],
       'infer_images_per_sec': c.batch_size / result['infer_s'],
@@ -405,13 +434,16 @@ def report_largest_batch(c, args) -> int:
   except ValueError as e:
     _fail(str(e))
   per_image = (tried[-1][1] - tried[0][1]) / max(1, tried[-1][0] - tried[0][0])
+  saved = saved_bytes_per_image(c)
   record = {'model': c.model, 'size': c.image_size, 'dtype': c.dtype, 'aux': bool(c.aux_logits),
-            'remat': bool(c.remat), 'devices': jax.device_count(), 'device_kind': jax.devices()[0].device_kind,
+            'remat': c.remat, 'devices': jax.device_count(), 'device_kind': jax.devices()[0].device_kind,
             'memory_limit_bytes': limit, 'memory_limit_source': source, 'max_batch': batch,
-            'bytes_per_image': per_image, 'tried': [{'batch': b, 'bytes': n} for b, n in tried]}
-  print(f'{c.model} at {c.image_size}px {c.dtype}{" with remat" if c.remat else ""}: largest global batch '
-        f'{batch} on {record["devices"]} × {record["device_kind"]} with {limit / 2**30:.2f} GiB each '
-        f'({source}); {per_image / 2**20:.1f} MiB per image', flush=True)
+            'bytes_per_image': per_image, 'saved_bytes_per_image': saved, 'tried': [{'batch': b, 'bytes': n} for b, n in tried]}
+  remat = f' with remat={c.remat}' if c.remat else ''
+  print(f'{c.model} at {c.image_size}px {c.dtype}{remat}: largest global batch {batch}'
+        f' on {record["devices"]} × {record["device_kind"]} with {limit / 2**30:.2f} GiB each '
+        f'({source}); {per_image / 2**20:.1f} MiB per image; the backward pass keeps '
+        f'{saved / 2**20:.2f} MiB per image', flush=True)
   if args.json:
     print(json.dumps(record), flush=True)
   return 0

@@ -68,13 +68,25 @@ def steps(prefix: str, config: ml_collections.ConfigDict, steps_per_epoch: int |
 # --- model, optimizer, state ----------------------------------------------------------------------------
 
 
+REMAT_MODES = ('', 'blocks', 'dots')
+
+
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}.get(config.dtype)
   if dtype is None:
     raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
+  remat = config.get('remat') or ''
+  if remat not in REMAT_MODES:
+    raise ValueError(f"remat must be '' (off), 'blocks' or 'dots', got {remat!r}")
   overrides = {k: v for k, v in config.model_overrides.to_dict().items() if v is not None}
-  return models.create_model(config.model, num_classes=num_classes, aux_logits=config.aux_logits,
-                             dtype=dtype, **overrides)
+  model = models.create_model(config.model, num_classes=num_classes, aux_logits=config.aux_logits,
+                              dtype=dtype, **overrides)
+  if remat == 'blocks':
+    if not hasattr(model, 'remat_blocks'):
+      raise ValueError(f"remat='blocks' needs a model built of Inception modules or residual blocks; "
+                       f"{config.model} has none (remat='dots' works for every model)")
+    model = model.clone(remat_blocks=True)
+  return model
 
 
 def build_optimizer(config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int,
@@ -181,29 +193,37 @@ def _l2(tree) -> jax.Array:
   return jnp.sqrt(sum(_squared_norms(tree)))
 
 
+def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict) -> Callable:
+  """`loss_fn(params, batch_stats, batch, rng) -> (loss, (parts, new batch_stats, logits))`: the training
+  loss of one batch, differentiated with respect to `params` (rematerialised as `config.remat` says)."""
+  weight_decay_in_loss = 0.0 if config.decoupled_weight_decay else config.weight_decay
+
+  def loss_fn(params, batch_stats, batch, rng):
+    out, updates = model.apply({'params': params, 'batch_stats': batch_stats}, batch['image'],
+                               train=True, rngs={'dropout': rng}, mutable=['batch_stats'])
+    total, parts = losses.total_loss(out.logits, out.aux_logits, batch['label'],
+                                     smoothing=config.label_smoothing, aux_weight=config.aux_weight)
+    if weight_decay_in_loss:
+      decay = losses.l2_weight_decay(params, weight_decay_in_loss)
+      total, parts = total + decay, {**parts, 'weight_decay': decay}
+    return total, (parts, updates.get('batch_stats', {}), out.logits)
+
+  if config.get('remat') == 'dots':
+    return jax.checkpoint(loss_fn, policy=jax.checkpoint_policies.dots_saveable)
+  return loss_fn  # remat='blocks' is built into the model (`build_model`)
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     config: ml_collections.ConfigDict, axis_name: str | None = None) -> Callable:
   """`train_step(state, batch, rng) -> (state, metrics)`; with `axis_name` it runs per device (shard_map)."""
-  weight_decay_in_loss = 0.0 if config.decoupled_weight_decay else config.weight_decay
+  loss_fn = make_loss_fn(model, config)
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
     if axis_name is not None:
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-
-    def loss_fn(params):
-      out, updates = model.apply({'params': params, 'batch_stats': state.batch_stats}, batch['image'],
-                                 train=True, rngs={'dropout': rng}, mutable=['batch_stats'])
-      total, parts = losses.total_loss(out.logits, out.aux_logits, batch['label'],
-                                       smoothing=config.label_smoothing, aux_weight=config.aux_weight)
-      if weight_decay_in_loss:
-        decay = losses.l2_weight_decay(params, weight_decay_in_loss)
-        total, parts = total + decay, {**parts, 'weight_decay': decay}
-      return total, (parts, updates.get('batch_stats', {}), out.logits)
-
-    if config.get('remat'):
-      loss_fn = jax.checkpoint(loss_fn, policy=jax.checkpoint_policies.dots_saveable)
-    (loss, (parts, batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (parts, batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.batch_stats, batch, rng)
     top1 = losses.topk_correct(logits, batch['label'], 1) / logits.shape[0]
     input_finite = jnp.isfinite(jnp.sum(batch['image'].astype(jnp.float32) * 0))  # NaN iff one is
     if axis_name is not None:
@@ -371,7 +391,8 @@ def check_nonfinite(state: TrainState, skip: bool, last_checkpoint: int | None) 
   kept = (f'the newest checkpoint, step {last_checkpoint}, is from before it' if last_checkpoint
           else 'no checkpoint was written')
   error = ValueError if quantity == 'input images' else FloatingPointError
-  raise error(f'non-finite {quantity}{others} at step {step + 1}; stopped without applying it, and {kept}. '
+  raise error(f'non-finite {quantity}{others} at step {step + 1}; the run stopped and saved nothing from that '
+              f'step on: {kept}. '
               '--config.skip_nonfinite_steps=True skips such steps instead')
 
 

@@ -50,6 +50,10 @@ CASES = {
     "image size below the model's minimum": (
         train_cli(model='inception_v3', image_size=50), 'image size 50 is below the minimum 75 of inception_v3',
         ''),
+    'unknown remat mode': (train_cli(remat='all'), "remat must be '' (off), 'blocks' or 'dots', got 'all'", ''),
+    "block remat for a model without blocks": (
+        train_cli(remat='blocks'), "remat='blocks' needs a model built of Inception modules or residual blocks; "
+        'lenet has none', "remat='dots' works for every model"),
     'unknown dataset': (train_cli(dataset='no_such_set'), "unknown dataset 'no_such_set'",
                         'valid sources: fashion_mnist, imagenet2012, imagefolder:DIR'),
     'missing ImageNet files': (train_cli(dataset='imagenet2012', data_dir='{empty_dir}'),

@@ -1,5 +1,6 @@
 """The model API every registered variant honours (DESIGN.md): shapes, gradients, aux heads, eval mode."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -182,3 +183,54 @@ def check_eval_mode_is_deterministic_and_uses_running_statistics(out, first, aga
   np.testing.assert_array_equal(out.logits, again.logits)
   # With running statistics an example's logits do not depend on the rest of the batch.
   np.testing.assert_allclose(first.logits, out.logits[:1], rtol=1e-4, atol=1e-5)
+
+
+# --- activation checkpointing per block (config remat='blocks') -------------------------------------------
+
+WITH_BLOCKS = ['bn_inception', 'googlenet', 'inception_resnet_v1', 'inception_resnet_v2', 'inception_v1',
+               'inception_v2', 'inception_v3', 'inception_v4', 'xception']
+
+
+def test_every_inception_family_model_can_rematerialise_its_blocks():
+  assert [n for n in ALL if hasattr(models.create_model(n), 'remat_blocks')] == WITH_BLOCKS
+
+
+@pytest.mark.parametrize('name', WITH_BLOCKS)
+def test_block_remat_keeps_every_variable_name_and_shape(name):
+  # Checkpoints and converted weights load either way.
+  x = jax.ShapeDtypeStruct((1, small_size(name), small_size(name), 3), jnp.float32)
+  shapes = {}
+  for remat in (False, True):
+    model = models.create_model(name, num_classes=NUM_CLASSES, remat_blocks=remat)
+    variables = jax.eval_shape(lambda x: model.init({'params': jax.random.key(0)}, x), x)
+    shapes[remat] = jax.tree.map(lambda a: a.shape, variables)
+  assert shapes[True] == shapes[False]
+
+
+def test_block_remat_computes_the_same_loss_gradients_and_statistics():
+  from inception_jax.models.inception_v4 import ResidualBlock
+  from inception_jax.models.layers import BNConvNet, Conv, Mixed, Pool
+
+  class Net(BNConvNet):  # a stem conv, an Inception module and a residual block: both kinds of block
+    @nn.compact
+    def __call__(self, x, train=False):
+      conv = self.conv_factory()
+      x = conv(8, 3, name='stem')(x, train)
+      x = self.block(Mixed)(((Conv('a', 4, 1),), (Conv('b', 4, 3), Conv('c', 6, (1, 3))),
+                             (Pool('avg', 3, 1), Conv('d', 2, 1))), conv, name='mixed')(x, train)
+      x = self.block(ResidualBlock)(((Conv('a', 4, 1),), (Conv('b', 4, 3),)), 0.2, conv, name='res')(x, train)
+      return models.ModelOutput(logits=nn.Dense(self.num_classes)(x.mean((1, 2))), aux_logits=())
+
+  x = jax.random.normal(jax.random.key(1), (4, 9, 9, 3))
+  results = []
+  for remat in (False, True):
+    net = Net(num_classes=5, remat_blocks=remat)
+    variables = net.init(jax.random.key(0), x)
+
+    def loss(params):
+      out, updates = net.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+      return jnp.sum(out.logits ** 2), updates['batch_stats']
+
+    results.append(jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params']))
+  np.testing.assert_allclose(results[0][0][0], results[1][0][0], rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), results[0], results[1])

@@ -173,8 +173,9 @@ def test_a_skipped_step_with_nan_input_changes_nothing_and_names_the_input():
   for field in ('params', 'opt_state', 'batch_stats', 'ema_params'):
     assert_bitwise_equal(getattr(after, field), getattr(before, field))
   assert after.nonfinite.tolist()[:3] == [1, 0, 0]     # one such step, the first (step 0), input first
-  with pytest.raises(ValueError, match=r'non-finite input images .*at step 1; stopped without applying it, '
-                                       'and no checkpoint was written.*skip_nonfinite_steps=True'):
+  with pytest.raises(ValueError, match=r'non-finite input images .*at step 1; the run stopped and saved '
+                                       'nothing from that step on: no checkpoint was written.*'
+                                       'skip_nonfinite_steps=True'):
     train.check_nonfinite(state, skip=False, last_checkpoint=None)
   assert train.check_nonfinite(state, skip=True, last_checkpoint=None) == 1
 
@@ -198,8 +199,8 @@ def test_divergence_stops_the_run_and_leaves_the_last_good_checkpoint(tmp_path, 
   with pytest.raises(FloatingPointError) as error:
     train.train_and_evaluate(tiny_config(fashion_dir, total_steps=12, checkpoint_every_steps=1,
                                          log_every_steps=5, learning_rate=1e30), workdir)
-  match = re.fullmatch(r'non-finite (loss|gradient of \S+).* at step (\d+); stopped without applying it, and '
-                       r'the newest checkpoint, step (\d+), is from before it\. .*skip_nonfinite_steps=True.*',
+  match = re.fullmatch(r'non-finite (loss|gradient of \S+).* at step (\d+); the run stopped and saved nothing '
+                       r'from that step on: the newest checkpoint, step (\d+), is from before it\. .*skip_nonfinite_steps=True.*',
                        str(error.value))
   assert match, str(error.value)
   bad_step, last_saved = int(match[2]), int(match[3])

@@ -21,9 +21,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.init_from = ''           # fine-tune: a training run's workdir or checkpoint (a new head if classes differ)
   c.dtype = 'float32'        # compute dtype; 'bfloat16' keeps params, BN statistics and the loss in float32
   c.bn_per_device = False    # per-device BN statistics (shard_map) instead of global-batch BN
-  # Activation checkpointing: keep only convolution and dense outputs for the backward pass and recompute
-  # BN, activations, pooling and concatenations from them (less memory for a little more work).
-  c.remat = False
+  # Activation checkpointing (less memory for more compute): '' off; 'blocks' keeps only each Inception
+  # module's (residual block's) input and recomputes its inside in the backward pass; 'dots' keeps the
+  # convolution and dense outputs and recomputes BN, activations, pooling and concatenations.
+  c.remat = ''
 
   # Data.
   c.dataset = 'imagenet2012'

@@ -89,7 +89,7 @@ class BNInception(layers.BNConvNet):
     x = layers.max_pool(x, 3, 2, 'SAME')
 
     for name, branches in BODY:
-      x = layers.Mixed(branches, conv, self.pool_count_include_pad, name=name)(x, train)
+      x = self.block(layers.Mixed)(branches, conv, self.pool_count_include_pad, name=name)(x, train)
 
     # The paper's 7×7 average pool over the 7×7 grid, for any input size.
     x = layers.global_avg_pool(x)

@@ -159,7 +159,7 @@ class GoogLeNet(layers.BNConvNet):
       if name in POOL_BEFORE:
         x = pool(x, POOL_BEFORE[name])
       branches = inception_module(filters, self.branch3_kernel, self.padding_style)
-      x = layers.Mixed(branches, conv, name=name)(x, train)
+      x = self.block(layers.Mixed)(branches, conv, name=name)(x, train)
       # Aux heads are created at init (so the variables exist) but only contribute when training.
       if name in AUX_AFTER and self.aux_logits and (train or self.is_initializing()):
         aux.append(self._aux_head(AUX_AFTER[name])(x, train))

@@ -121,7 +121,7 @@ class InceptionV3(layers.BNConvNet):
 
     aux = ()
     for name, branches in BODY:
-      x = layers.Mixed(branches, conv, self.pool_count_include_pad, name=name)(x, train)
+      x = self.block(layers.Mixed)(branches, conv, self.pool_count_include_pad, name=name)(x, train)
       # Aux heads are created at init (so the variables exist) but only contribute when training.
       if name == AUX_AFTER and self.aux_logits and (train or self.is_initializing()):
         head = layers.AuxHead(self.num_classes, proj_features=128, conv_features=768, conv_kernel=5,

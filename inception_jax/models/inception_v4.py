@@ -48,18 +48,19 @@ class Block(NamedTuple):
 Layer = Conv | Pool | Block
 
 
-def apply_layer(layer: Layer, x: jax.Array, conv: Callable[..., nn.Module], pool_count_include_pad: bool,
+def apply_layer(layer: Layer, x: jax.Array, net: layers.BNConvNet, conv: Callable[..., nn.Module],
                 train: bool) -> jax.Array:
-  """Runs one table entry inside the calling module's compact method."""
+  """Runs one table entry inside the compact method of `net`."""
   if isinstance(layer, Conv):
     return conv(layer.features, layer.kernel, strides=layer.stride, padding=layer.padding,
                 name=layer.name)(x, train)
   if isinstance(layer, Pool):
     if layer.kind == 'max':
       return layers.max_pool(x, layer.window, layer.stride, layer.padding, layer.ceil_mode)
-    return layers.avg_pool(x, layer.window, layer.stride, layer.padding, pool_count_include_pad,
+    return layers.avg_pool(x, layer.window, layer.stride, layer.padding, net.pool_count_include_pad,
                            layer.ceil_mode)
-  return layers.Mixed(layer.branches, conv, pool_count_include_pad, name=layer.name)(x, train)
+  mixed = net.block(layers.Mixed)
+  return mixed(layer.branches, conv, net.pool_count_include_pad, name=layer.name)(x, train)
 
 
 
@@ -169,7 +170,7 @@ class InceptionV4(layers.BNConvNet):
     x = x.astype(self.dtype or x.dtype)
     aux = ()
     for layer in INCEPTION_V4_STEM + INCEPTION_V4_BODY:
-      x = apply_layer(layer, x, conv, self.pool_count_include_pad, train)
+      x = apply_layer(layer, x, self, conv, train)
       # Aux heads are created at init (so the variables exist) but only contribute when training.
       if layer.name == INCEPTION_V4_AUX_AFTER and self.aux_logits and (train or self.is_initializing()):
         aux = (_aux_head(self)(x, train),)
@@ -322,23 +323,24 @@ class InceptionResNet(layers.BNConvNet):
     conv = self.conv_factory()
     x = x.astype(self.dtype or x.dtype)
     for layer in self.stem:
-      x = apply_layer(layer, x, conv, self.pool_count_include_pad, train)
+      x = apply_layer(layer, x, self, conv, train)
 
+    residual, mixed = self.block(ResidualBlock), self.block(layers.Mixed)
     n35, n17, n8 = self.repeats
     for i in range(1, n35 + 1):
-      x = ResidualBlock(self.block_a, self.scale_a, conv, name=f'block35_{i}')(x, train)
-    x = layers.Mixed(self.reduction_a, conv, self.pool_count_include_pad, name='mixed_6a')(x, train)
+      x = residual(self.block_a, self.scale_a, conv, name=f'block35_{i}')(x, train)
+    x = mixed(self.reduction_a, conv, self.pool_count_include_pad, name='mixed_6a')(x, train)
     for i in range(1, n17 + 1):
-      x = ResidualBlock(self.block_b, self.scale_b, conv, name=f'block17_{i}')(x, train)
+      x = residual(self.block_b, self.scale_b, conv, name=f'block17_{i}')(x, train)
     aux = ()
     # Aux heads are created at init (so the variables exist) but only contribute when training.
     if self.aux_logits and (train or self.is_initializing()):
       aux = (_aux_head(self)(x, train),)
-    x = layers.Mixed(self.reduction_b, conv, self.pool_count_include_pad, name='mixed_7a')(x, train)
+    x = mixed(self.reduction_b, conv, self.pool_count_include_pad, name='mixed_7a')(x, train)
     for i in range(1, n8 + 1):
-      x = ResidualBlock(self.block_c, self.scale_c, conv, name=f'block8_{i}')(x, train)
+      x = residual(self.block_c, self.scale_c, conv, name=f'block8_{i}')(x, train)
     if self.final_linear_block:
-      x = ResidualBlock(self.block_c, 1.0, conv, activation=None, name=f'block8_{n8 + 1}')(x, train)
+      x = residual(self.block_c, 1.0, conv, activation=None, name=f'block8_{n8 + 1}')(x, train)
     if self.head_features is not None:
       x = conv(self.head_features, 1, name='conv2d_7b')(x, train)
     logits = _head(self, x, train)

@@ -127,6 +127,9 @@ class BNConvNet(nn.Module):
     pool_count_include_pad: average pools count padded zeros (PyTorch's default) or not (TF).
     kernel_init: convolution initialiser.
     dtype: compute dtype (None: the input's); param_dtype: parameter dtype.
+    remat_blocks: activation checkpointing per block: the backward pass keeps only each block's input
+      and recomputes the block's inside from it (`nn.remat`), so training holds one block's activations
+      at a time rather than the whole network's, for about one more forward pass of compute.
   """
   num_classes: int = 1000
   aux_logits: bool = True
@@ -138,6 +141,13 @@ class BNConvNet(nn.Module):
   kernel_init: Callable = conv_kernel_init
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+  remat_blocks: bool = False
+
+  def block(self, cls: type[nn.Module]) -> type[nn.Module]:
+    """The class of a top-level block (an Inception module, a residual block), rematerialised when
+    `remat_blocks` is set. Variables keep their names either way; `train` is the second positional
+    argument of every block's `__call__` and stays a Python bool."""
+    return nn.remat(cls, static_argnums=(2,)) if self.remat_blocks else cls
 
   def conv_factory(self, **overrides) -> Callable[..., nn.Module]:
     """`ConvBN` with this network's BN, init and dtype settings."""

@@ -150,8 +150,9 @@ class Xception(layers.BNConvNet):
     x = conv(32, 3, strides=2, padding='VALID', name='conv1')(x, train)
     x = conv(64, 3, padding='VALID', name='conv2')(x, train)
     for i, (features, strides) in enumerate(BLOCKS):
-      x = XceptionBlock(features, strides, POOL_PADDING[self.padding_style], start_with_relu=i > 0,
-                        residual=self.residual, sep_conv=sep_conv, conv=conv, name=f'block{i + 1}')(x, train)
+      x = self.block(XceptionBlock)(
+          features, strides, POOL_PADDING[self.padding_style], start_with_relu=i > 0, residual=self.residual,
+          sep_conv=sep_conv, conv=conv, name=f'block{i + 1}')(x, train)
     for i, features in enumerate(EXIT_FEATURES):
       x = sep_conv(features, activation=nn.relu, name=f'conv{i + 3}')(x, train)
 
