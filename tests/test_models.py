@@ -1,6 +1,5 @@
 """The model API every registered variant honours (DESIGN.md): shapes, gradients, aux heads, eval mode."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +8,8 @@ import pytest
 
 from inception_jax import models
 from inception_jax.models.blocks import block_of, block_structure
+
+from tiny_config import TinyInception
 
 CANONICAL = ['alexnet', 'bn_inception', 'googlenet', 'inception_resnet_v1', 'inception_resnet_v2',
              'inception_v1', 'inception_v2', 'inception_v3', 'inception_v4', 'lenet', 'nin', 'vgg11',
@@ -208,23 +209,10 @@ def test_block_remat_keeps_every_variable_name_and_shape(name):
 
 
 def test_block_remat_computes_the_same_loss_gradients_and_statistics():
-  from inception_jax.models.inception_v4 import ResidualBlock
-  from inception_jax.models.layers import BNConvNet, Conv, Mixed, Pool
-
-  class Net(BNConvNet):  # a stem conv, an Inception module and a residual block: both kinds of block
-    @nn.compact
-    def __call__(self, x, train=False):
-      conv = self.conv_factory()
-      x = conv(8, 3, name='stem')(x, train)
-      x = self.block(Mixed)(((Conv('a', 4, 1),), (Conv('b', 4, 3), Conv('c', 6, (1, 3))),
-                             (Pool('avg', 3, 1), Conv('d', 2, 1))), conv, name='mixed')(x, train)
-      x = self.block(ResidualBlock)(((Conv('a', 4, 1),), (Conv('b', 4, 3),)), 0.2, conv, name='res')(x, train)
-      return models.ModelOutput(logits=nn.Dense(self.num_classes)(x.mean((1, 2))), aux_logits=())
-
-  x = jax.random.normal(jax.random.key(1), (4, 9, 9, 3))
+  x = jax.random.normal(jax.random.key(1), (4, 18, 18, 3))
   results = []
   for remat in (False, True):
-    net = Net(num_classes=5, remat_blocks=remat)
+    net = TinyInception(num_classes=5, remat_blocks=remat)  # an Inception module and a residual block
     variables = net.init(jax.random.key(0), x)
 
     def loss(params):

@@ -15,6 +15,7 @@ from inception_jax import checkpoint, train
 from inception_jax.data import sources
 
 from conftest import ROOT, run_module, tiny_config, write_idx
+from tiny_config import TinyInception
 
 
 
@@ -89,11 +90,11 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, fash
 
 
 def _one_step(devices, bn_per_device=False, dtype='float32'):
-  """One training step of a BN model on a fixed global batch of 16, on a mesh of `devices`."""
-  c = tiny_config('', model='bn_inception', image_size=32, batch_size=16, bn_per_device=bn_per_device,
-                  optimizer='sgd', learning_rate=0.01, label_smoothing=0.1, weight_decay=4e-5, dtype=dtype)
-  c.model_overrides = ml_collections.ConfigDict({'dropout_rate': 0.0})
-  model = train.build_model(c, 10)
+  """One training step of a small Inception network (BN in every conv) on a fixed global batch of 16, on
+  a mesh of `devices`."""
+  c = tiny_config('', image_size=32, batch_size=16, bn_per_device=bn_per_device, optimizer='sgd',
+                  learning_rate=0.01, label_smoothing=0.1, weight_decay=4e-5, dtype=dtype)
+  model = TinyInception(num_classes=10, dtype=jnp.bfloat16 if dtype == 'bfloat16' else None)
   tx, schedule = train.build_optimizer(c, 10, 10, 16)
   steps = train.Steps(model, tx, schedule, c, mesh=train.data_mesh(devices))
   state = steps.init(jax.random.key(0))
@@ -162,10 +163,10 @@ def test_bfloat16_compute_keeps_float32_params_statistics_and_loss():
   c = tiny_config('', model='bn_inception', dtype='bfloat16')
   c.model_overrides = ml_collections.ConfigDict({})
   model = train.build_model(c, 10)
-  x = np.ones((2, 32, 32, 3), np.float32)
-  variables = model.init(jax.random.key(0), x)
-  out, inter = jax.eval_shape(lambda: model.apply(variables, x, train=True, capture_intermediates=True,
-                                                       mutable=['batch_stats', 'intermediates']))
+  x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+  out, inter = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, capture_intermediates=True,
+                                                          mutable=['batch_stats', 'intermediates']), variables, x)
   assert inter['intermediates']['inception_3a']['__call__'][0].dtype == jnp.bfloat16
   assert out.logits.dtype == jnp.float32
 
