@@ -6,8 +6,11 @@ XLA:CPU spends far more than the arithmetic needs:
   backward takes ~2.5× as long as the same products written as matrix products, and convolutions over tiny
   grids (a 1×3 kernel on a 1×1 grid) are slower still;
 - unpadded ('VALID') convolutions take a much slower path than padded ones;
-- max pooling's gradient (variadic reduce-window carrying argmax indices) costs ~4–20× its forward pass.
-Both are replaced here by formulations with the same results (up to float rounding) whose gradients XLA:CPU
+- max pooling's gradient (variadic reduce-window carrying argmax indices) costs ~4–20× its forward pass;
+- on large grids (Inception-v3's 147×147 and 71×71 stem convolutions at 299 px) the kernel gradient slows
+  down with the batch: per image it takes 6.4× as long at batch 16 as at batch 1 (69 vs 10.8 ms for the
+  73×73, 80→192 convolution), so it is summed over slices of the batch.
+All are replaced here by formulations with the same results (up to float rounding) whose gradients XLA:CPU
 handles well. Only the formulation changes: parameters, shapes and semantics are those of `lax`.
 """
 
@@ -25,6 +28,11 @@ MATMUL_CONV_MAX_CELLS = 9
 # So do convolutions whose windows hold at most this many values (an RGB stem: 3×3×3 = 27), which use the
 # CPU's vector units poorly as convolutions (4.9 ms forward vs 1.1 as a product, batch 32 at 75 px).
 MATMUL_CONV_MAX_DEPTH = 32
+# Output grids larger than 35×35 get their kernel gradient one slice of the batch at a time, in at most
+# this many slices (so many convolutions to compile; at batch 16, 147×147, 32→64: 521 ms in one piece,
+# 136 ms in 16). At 35×35 and below one piece is as fast.
+KERNEL_GRAD_MIN_CELLS = 36 * 36
+KERNEL_GRAD_MAX_SLICES = 16
 
 
 def on_cpu() -> bool:
@@ -65,13 +73,14 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   out = ((h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1)
   if kh * kw > 1 and out[0] * out[1] > MATMUL_CONV_MAX_CELLS and kh * kw * lhs.shape[3] > MATMUL_CONV_MAX_DEPTH:
     if pt or pb or pl or pr:
-      return default()
-    # Unpadded ('VALID') convolutions take a path several times slower than padded ones (3.5 vs 25 ms for
-    # Inception-v3's Conv2d_2a_3x3 at batch 32); one row and column of zeros the windows may not reach
-    # select the fast one, and the extra outputs they add are cut off.
-    y = lax.conv_general_dilated(lhs, rhs, window_strides, ((0, 1), (0, 1)), lhs_dilation, rhs_dilation,
-                                 dimension_numbers, precision=precision,
-                                 preferred_element_type=preferred_element_type)
+      conv_padding = ((pt, pb), (pl, pr))
+    else:
+      # Unpadded ('VALID') convolutions take a path several times slower than padded ones (3.5 vs 25 ms
+      # for Inception-v3's Conv2d_2a_3x3 at batch 32); one row and column of zeros the windows may not
+      # reach select the fast one, and the extra outputs they add are cut off.
+      conv_padding = ((0, 1), (0, 1))
+    conv = _conv_sliced_kernel_grad if out[0] * out[1] >= KERNEL_GRAD_MIN_CELLS else _conv
+    y = conv(lhs, rhs, tuple(window_strides), conv_padding, precision, preferred_element_type)
     return y[:, :out[0], :out[1], :]
 
   def sees_data(offset, pad, size, n, stride):
@@ -84,6 +93,40 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   kernel = jnp.concatenate([rhs[i, j] for i, j in taps], axis=0)
   return lax.dot_general(patches, kernel, (((3,), (0,)), ((), ())), precision=precision,
                          preferred_element_type=preferred_element_type)
+
+
+def _conv(lhs, rhs, strides, padding, precision=None, preferred_element_type=None):
+  return lax.conv_general_dilated(lhs, rhs, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                  precision=precision, preferred_element_type=preferred_element_type)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_sliced_kernel_grad(lhs, rhs, strides, padding, precision, preferred_element_type):
+  return _conv(lhs, rhs, strides, padding, precision, preferred_element_type)
+
+
+def _conv_sliced_kernel_grad_fwd(lhs, rhs, strides, padding, precision, preferred_element_type):
+  return _conv(lhs, rhs, strides, padding, precision, preferred_element_type), (lhs, rhs)
+
+
+def _conv_sliced_kernel_grad_bwd(strides, padding, precision, preferred_element_type, residuals, dy):
+  """The input gradient as `lax` computes it; the kernel gradient as a sum over slices of the batch,
+  accumulated in float32 at least."""
+  lhs, rhs = residuals
+  total = jnp.promote_types(rhs.dtype, jnp.float32)
+
+  def conv(x, w):
+    return _conv(x, w, strides, padding, precision, preferred_element_type)
+
+  dx = jax.vjp(lambda x: conv(x, rhs), lhs)[1](dy)[0]
+  n = lhs.shape[0]
+  size = -(-n // min(n, KERNEL_GRAD_MAX_SLICES))
+  dw = sum(jax.vjp(lambda w: conv(lhs[i:i + size], w), rhs)[1](dy[i:i + size])[0].astype(total)
+           for i in range(0, n, size))
+  return dx, dw.astype(rhs.dtype)
+
+
+_conv_sliced_kernel_grad.defvjp(_conv_sliced_kernel_grad_fwd, _conv_sliced_kernel_grad_bwd)
 
 
 def _reduce_window_max(x, window, strides, padding):
