@@ -132,13 +132,24 @@ def test_blocks_and_grid():
   assert params['block1']['sepconv1']['conv']['depthwise']['kernel'].shape == (3, 3, 1, 64)
 
 
+def _equations(jaxpr):
+  """Every equation, those inside nested calls (jit, custom gradients) included."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for value in eqn.params.values():
+      for inner in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(inner, 'jaxpr', inner)
+        if hasattr(inner, 'eqns'):
+          yield from _equations(inner)
+
+
 def test_macs_at_299():
   """Conv and dense multiply-adds at 299×299: ≈ 8.4 G (8.36 G counted here)."""
   model = create_model('xception')
   variables = _shapes()
   jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x).logits)(variables, _spec(299))
   macs = 0
-  for eqn in jaxpr.jaxpr.eqns:
+  for eqn in _equations(jaxpr.jaxpr):
     if eqn.primitive.name == 'conv_general_dilated':
       kernel = eqn.invars[1].aval.shape  # HWIO; I is 1 for depthwise
       macs += int(np.prod(eqn.outvars[0].aval.shape)) * kernel[0] * kernel[1] * kernel[2]
