@@ -33,26 +33,33 @@ CONV_CASES = [
 ]
 
 
+def _equals_lax_with_gradients(x_shape, k_shape, strides, padding):
+  """Compares our convolution with `lax`'s, value and both gradients, in float64 (call under
+  `jax.enable_x64`); returns it with its inputs and the cotangent used."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=x_shape))
+  k = jnp.asarray(rng.normal(size=k_shape))
+
+  def ours(x, k):
+    return xla_cpu.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC)
+
+  def ref(x, k):
+    return lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC)
+
+  y, vjp = jax.vjp(ours, x, k)
+  y_ref, vjp_ref = jax.vjp(ref, x, k)
+  assert y.shape == y_ref.shape
+  np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+  cotangent = jnp.asarray(rng.normal(size=y.shape))
+  for got, want in zip(vjp(cotangent), vjp_ref(cotangent)):
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+  return ours, x, k, cotangent
+
+
 @pytest.mark.parametrize('x_shape,k_shape,strides,padding,primitive', CONV_CASES)
 def test_conv_equals_lax_with_gradients(x_shape, k_shape, strides, padding, primitive):
-  rng = np.random.default_rng(0)
   with jax.enable_x64(True):
-    x = jnp.asarray(rng.normal(size=x_shape))
-    k = jnp.asarray(rng.normal(size=k_shape))
-
-    def ours(x, k):
-      return xla_cpu.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC)
-
-    def ref(x, k):
-      return lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC)
-
-    y, vjp = jax.vjp(ours, x, k)
-    y_ref, vjp_ref = jax.vjp(ref, x, k)
-    assert y.shape == y_ref.shape
-    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
-    cotangent = jnp.asarray(rng.normal(size=y.shape))
-    for got, want in zip(vjp(cotangent), vjp_ref(cotangent)):
-      np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    ours, x, k, _ = _equals_lax_with_gradients(x_shape, k_shape, strides, padding)
     assert _conv_ops(ours, x, k) == {primitive}
 
 
@@ -94,24 +101,10 @@ def test_max_pool_gradient_equals_lax_even_with_ties(window, strides, padding):
 
 @pytest.mark.parametrize('x_shape,padding', [((3, 37, 37, 4), 'SAME'), ((3, 38, 38, 4), 'VALID')])
 def test_large_grids_sum_the_kernel_gradient_over_slices_of_the_batch(x_shape, padding):
-  rng = np.random.default_rng(0)
   with jax.enable_x64(True):
-    x = jnp.asarray(rng.normal(size=x_shape))
-    k = jnp.asarray(rng.normal(size=(3, 3, 4, 5)))
-
-    def ours(x, k):
-      return xla_cpu.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=NHWC)
-
-    def ref(x, k):
-      return lax.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=NHWC)
-
-    y, vjp = jax.vjp(ours, x, k)
-    y_ref, vjp_ref = jax.vjp(ref, x, k)
-    assert y.shape == y_ref.shape and y.shape[1] * y.shape[2] >= xla_cpu.KERNEL_GRAD_MIN_CELLS
-    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
-    cotangent = jnp.asarray(rng.normal(size=y.shape))
-    for got, want in zip(vjp(cotangent), vjp_ref(cotangent)):
-      np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    ours, x, k, cotangent = _equals_lax_with_gradients(x_shape, (3, 3, 4, 5), (1, 1), padding)
+    out = jax.eval_shape(ours, x, k).shape
+    assert out[1] * out[2] >= xla_cpu.KERNEL_GRAD_MIN_CELLS
     # The compiled backward pass: one convolution for the input gradient, one per image for the kernel's.
     backward = jax.jit(lambda x, k, c: jax.vjp(ours, x, k)[1](c)).lower(x, k, cotangent).compile().as_text()
     assert backward.count(' convolution(') == 1 + x_shape[0]
