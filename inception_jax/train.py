@@ -185,12 +185,14 @@ def nonfinite_quantities(params: PyTree) -> list[str]:
   return ['input images', 'loss'] + ['gradient of ' + '/'.join(str(k.key) for k in path) for path in paths]
 
 
-def _squared_norms(tree) -> list[jax.Array]:
-  return [jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)]
+def _squared_norms(tree) -> jax.Array:
+  """Each leaf's sum of squares, stacked: per-leaf scalars that are then combined one by one would each
+  be a kernel for XLA to compile."""
+  return jnp.stack([jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)])
 
 
 def _l2(tree) -> jax.Array:
-  return jnp.sqrt(sum(_squared_norms(tree)))
+  return jnp.sqrt(jnp.sum(_squared_norms(tree)))
 
 
 def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict) -> Callable:
@@ -234,7 +236,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     # values reach ~1e19. (The norms are needed for the metrics anyway; a second reduction per array
     # would add minutes to XLA's compilation of the step.)
     grad_norms = _squared_norms(grads)
-    finite = jnp.stack([input_finite, jnp.isfinite(loss)] + [jnp.isfinite(n) for n in grad_norms])
+    finite = jnp.concatenate([jnp.stack([input_finite, jnp.isfinite(loss)]), jnp.isfinite(grad_norms)])
     ok = jnp.all(finite)
 
     def apply(grads, batch_stats):
@@ -269,7 +271,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
                               ema_params=ema_params, ema_batch_stats=ema_batch_stats, nonfinite=nonfinite)
     metrics = {'loss': loss, **{f'loss_{k}': v for k, v in parts.items()}, 'top1': top1,
-               'learning_rate': schedule(state.step), 'l2_grads': jnp.sqrt(sum(grad_norms)),
+               'learning_rate': schedule(state.step), 'l2_grads': jnp.sqrt(jnp.sum(grad_norms)),
                'l2_params': _l2(params), 'l2_updates': l2_updates}
     return new_state, metrics
 
