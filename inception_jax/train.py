@@ -185,14 +185,8 @@ def nonfinite_quantities(params: PyTree) -> list[str]:
   return ['input images', 'loss'] + ['gradient of ' + '/'.join(str(k.key) for k in path) for path in paths]
 
 
-def _squared_norms(tree) -> jax.Array:
-  """Each leaf's sum of squares, stacked: per-leaf scalars that are then combined one by one would each
-  be a kernel for XLA to compile."""
-  return jnp.stack([jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)])
-
-
 def _l2(tree) -> jax.Array:
-  return jnp.sqrt(jnp.sum(_squared_norms(tree)))
+  return jnp.sqrt(jnp.sum(optim.squared_norms(tree)))
 
 
 def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict) -> Callable:
@@ -235,7 +229,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     # A gradient array is non-finite when its squared norm is: it holds a NaN or an infinity, or its
     # values reach ~1e19. (The norms are needed for the metrics anyway; a second reduction per array
     # would add minutes to XLA's compilation of the step.)
-    grad_norms = _squared_norms(grads)
+    grad_norms = optim.squared_norms(grads)
     finite = jnp.concatenate([jnp.stack([input_finite, jnp.isfinite(loss)]), jnp.isfinite(grad_norms)])
     ok = jnp.all(finite)
 

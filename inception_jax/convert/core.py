@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from inception_jax import models
+from inception_jax.models import layers
 
 
 class ConversionError(ValueError):
@@ -69,7 +70,7 @@ def source_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
 
 
 _LEAF_ORDER = {'params': ('kernel', 'scale', 'bias'), 'batch_stats': ('mean', 'var')}
-_KINDS = {nn.Conv: 'conv', nn.BatchNorm: 'bn', nn.Dense: 'dense'}
+_KINDS = {nn.Conv: 'conv', nn.BatchNorm: 'bn', layers.BatchNorm: 'bn', nn.Dense: 'dense'}
 
 
 def layout(model: nn.Module, input_size: int) -> list[Leaf]:

@@ -102,9 +102,9 @@ class ConvBN(nn.Module):
     return x
 
 
-def batch_norm(cfg: Any, train: bool, name: str = 'bn') -> nn.BatchNorm:
+def batch_norm(cfg: Any, train: bool, name: str = 'bn') -> BatchNorm:
   """BatchNorm configured from a module's bn_* fields. Statistics stay in float32 under any compute dtype."""
-  return nn.BatchNorm(
+  return BatchNorm(
       use_running_average=not train,
       momentum=cfg.bn_momentum,
       epsilon=cfg.bn_epsilon,
@@ -113,6 +113,91 @@ def batch_norm(cfg: Any, train: bool, name: str = 'bn') -> nn.BatchNorm:
       param_dtype=cfg.param_dtype,
       name=name,
   )
+
+
+class BatchNorm(nn.Module):
+  """`flax.linen.BatchNorm` over the last axis (same variables, defaults and results) whose training-mode
+  gradient is written out rather than traced.
+
+  Traced through, flax's BatchNorm differentiates each of its dozen operations, which XLA:CPU compiles
+  into ~15 kernels per layer, 1,400 of Inception-v3's train step; the closed form needs two reductions
+  and one elementwise pass. Statistics are computed as flax computes them (float32, Var = E[x²] − E[x]²,
+  clipped at zero) and the running averages move by `momentum` (the old value's weight).
+  """
+  use_running_average: bool | None = None
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+  use_bias: bool = True
+  use_scale: bool = True
+  bias_init: Callable = nn.initializers.zeros
+  scale_init: Callable = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+    use_running_average = nn.merge_param('use_running_average', self.use_running_average,
+                                         use_running_average)
+    features = (x.shape[-1],)
+    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros(features, jnp.float32))
+    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones(features, jnp.float32))
+    scale = self.param('scale', self.scale_init, features, self.param_dtype) if self.use_scale else None
+    bias = self.param('bias', self.bias_init, features, self.param_dtype) if self.use_bias else None
+    dtype = self.dtype or jnp.result_type(x, *(p for p in (scale, bias) if p is not None))
+    compute = jnp.promote_types(x.dtype, jnp.float32)
+    scale = jnp.ones(features, compute) if scale is None else scale.astype(compute)
+    bias = jnp.zeros(features, compute) if bias is None else bias.astype(compute)
+    if use_running_average:
+      y = (x.astype(compute) - ra_mean.value) * (lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+      return y.astype(dtype)
+    y, mean, var = _batch_norm_train(x, scale, bias, self.epsilon)
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y.astype(dtype)
+
+
+def _moments(x: jax.Array, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(x in `dtype`, per-channel mean, per-channel variance) over all axes but the last."""
+  x = x.astype(dtype)
+  axes = tuple(range(x.ndim - 1))
+  mean = jnp.mean(x, axes)
+  var = jnp.maximum(0.0, jnp.mean(jnp.square(x), axes) - jnp.square(mean))
+  return x, mean, var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _batch_norm_train(x, scale, bias, epsilon):
+  """(normalised x · scale + bias, batch mean, batch variance), in scale's dtype."""
+  x, mean, var = _moments(x, scale.dtype)
+  return (x - mean) * (lax.rsqrt(var + epsilon) * scale) + bias, mean, var
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon):
+  xc, mean, var = _moments(x, scale.dtype)
+  inv = lax.rsqrt(var + epsilon)
+  return ((xc - mean) * (inv * scale) + bias, mean, var), (x, mean, inv, scale)
+
+
+def _batch_norm_train_bwd(epsilon, residuals, cotangents):
+  del epsilon
+  x, mean, inv, scale = residuals
+  dy, dmean, dvar = cotangents
+  axes = tuple(range(x.ndim - 1))
+  n = x.size // x.shape[-1]
+  centred = x.astype(scale.dtype) - mean
+  x_hat = centred * inv
+  dy = dy.astype(scale.dtype)
+  dbias = jnp.sum(dy, axes)
+  dscale = jnp.sum(dy * x_hat, axes)
+  # y depends on x directly and through the batch mean and variance; the two sums carry the latter.
+  # The mean and variance are outputs too (for the running averages): their cotangents add 1/n and
+  # 2(x − mean)/n per element.
+  dx = (scale * inv) * (dy - dbias / n - x_hat * (dscale / n)) + dmean / n + centred * (2 * dvar / n)
+  return dx.astype(x.dtype), dscale, dbias
+
+
+_batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
 class BNConvNet(nn.Module):
