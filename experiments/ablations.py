@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--data_dir', default='', help="the dataset's files (default: where it is installed)")
   parser.add_argument('--image_size', type=int, default=None,
                       help="default: the smallest input every row's auxiliary heads take")
+  parser.add_argument('--no_cache', action='store_true',
+                      help='no persistent compilation cache ($JAX_COMPILATION_CACHE_DIR, default '
+                           '~/.cache/inception_jax/jax)')
   args = parser.parse_args(argv)
   rows = TABLES[args.table][1]
   if args.rows:
@@ -134,6 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.error(f'--steps must be positive, got {args.steps}')
   from absl import logging
   logging.set_verbosity(logging.WARNING)
+  if not args.no_cache:
+    from inception_jax import compile_cache
+    compile_cache.enable_persistent_cache()
   from experiments.configs import base
   # One input size for the whole table: the largest any row's auxiliary heads need.
   image_size = args.image_size or max(base.short_run(preset(r.preset), 1).image_size for r in rows)

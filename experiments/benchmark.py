@@ -56,18 +56,6 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
-def enable_compilation_cache(directory: str | None = None) -> str:
-  """Turns on JAX's persistent compilation cache; returns its directory."""
-  import jax
-  directory = (directory or os.environ.get('JAX_COMPILATION_CACHE_DIR')
-               or os.path.join(os.path.expanduser('~'), '.cache', 'inception_jax', 'jax'))
-  os.makedirs(directory, exist_ok=True)
-  jax.config.update('jax_compilation_cache_dir', directory)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-  return directory
-
-
 def peak_flops(dtype: str) -> tuple[float, str]:
   """(FLOP/s of all devices together, where the figure comes from)."""
   import jax
@@ -403,7 +391,8 @@ def main(argv=None) -> int:
   except ValueError as e:
     _fail(str(e))
   c.remat = args.remat
-  cache = None if args.no_cache else enable_compilation_cache()
+  from inception_jax import compile_cache
+  cache = None if args.no_cache else compile_cache.enable_persistent_cache()
   if args.max_batch:
     return report_largest_batch(c, args)
 

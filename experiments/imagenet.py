@@ -140,6 +140,9 @@ _MULTIHOST = flags.DEFINE_bool('multihost', False, 'initialise jax.distributed f
 _HEARTBEAT = flags.DEFINE_integer(
     'heartbeat_timeout_s', 100, 'multi-host: seconds without news from a process before the others stop '
     'with an error (a process that died would otherwise leave them waiting)')
+_COMPILATION_CACHE = flags.DEFINE_bool(
+    'compilation_cache', True, 'keep compiled programs in $JAX_COMPILATION_CACHE_DIR (default '
+    '~/.cache/inception_jax/jax), so that a resumed or repeated run skips XLA\'s compiler')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -177,11 +180,18 @@ def quiet_logging() -> None:
     logging.set_verbosity(logging.WARNING)
 
 
+def enable_compilation_cache() -> None:
+  if _COMPILATION_CACHE.value:
+    from inception_jax import compile_cache
+    compile_cache.enable_persistent_cache()
+
+
 def main(argv):
   del argv
   quiet_logging()
   if _COORDINATOR.value or _MULTIHOST.value:
     start_distributed()
+  enable_compilation_cache()
   from inception_jax import train  # after flag parsing: keeps --help fast
   try:
     _command_line_durations_win(_CONFIG.value, sys.argv)

@@ -60,6 +60,20 @@ def _cpu_features() -> str:
     return platform.processor()
 
 
+def enable_persistent_cache(directory: str | None = None) -> str:
+  """Turns on JAX's persistent compilation cache (for programs that take over half a second to compile)
+  in `directory`, else `$JAX_COMPILATION_CACHE_DIR`, else `~/.cache/inception_jax/jax`; returns it.
+
+  The command-line tools call this, so that a resumed or repeated run skips XLA's compiler."""
+  directory = (directory or os.environ.get('JAX_COMPILATION_CACHE_DIR')
+               or os.path.join(os.path.expanduser('~'), '.cache', 'inception_jax', 'jax'))
+  os.makedirs(directory, exist_ok=True)
+  jax.config.update('jax_compilation_cache_dir', directory)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  return directory
+
+
 def _version(name: str) -> str:
   try:
     return importlib.metadata.version(name)

@@ -8,6 +8,14 @@ on tiny inputs, and the results are the same programs' results.
 import os
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+# The command-line tools keep compiled programs in this cache; the suite's runs share one of their own
+# (a resumed run then loads its programs, as a user's does), never the user's.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  import atexit  # noqa: E402
+  import shutil  # noqa: E402
+  import tempfile  # noqa: E402
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='inception_jax-test-cache-')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # Keras (a peer library in the weight-import tests) runs on JAX; it reads this when first imported.
 os.environ.setdefault('KERAS_BACKEND', 'jax')
