@@ -56,6 +56,17 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
+def allocator() -> str:
+  """The malloc this process runs on: 'tcmalloc' or 'jemalloc' when preloaded, else 'system'. On the CPU
+  it changes step times by a third (README), so records say which one they were taken with."""
+  try:
+    with open('/proc/self/maps') as f:
+      maps = f.read()
+  except OSError:
+    return 'unknown'
+  return next((name for name in ('tcmalloc', 'jemalloc') if name in maps), 'system')
+
+
 def peak_flops(dtype: str) -> tuple[float, str]:
   """(FLOP/s of all devices together, where the figure comes from)."""
   import jax
@@ -420,7 +431,7 @@ def main(argv=None) -> int:
       'peak_flops': peak, 'peak_source': peak_source,
       'peak_memory_bytes': result['peak_memory_bytes'], 'cache_hits': result['cache_hits'],
       'executable_loaded': result['executable_loaded'], 'train_loss': result.get('loss'),
-      'cache_dir': cache,
+      'cache_dir': cache, 'allocator': allocator(),
   }
   who = f'{args.peer} ' if args.peer else ''
   print(f'{who}{c.model} batch {c.batch_size} at {c.image_size}px {c.dtype} on {record["devices"]} × '
