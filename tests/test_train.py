@@ -121,8 +121,8 @@ def test_eight_device_step_equals_one_device_step_with_global_batch_norm():
   assert max(diffs) > 1e-4
 
 
-def _cli(*args, cwd=ROOT):
-  return run_module('experiments.imagenet', *args, cwd=cwd)
+def _cli(*args, cwd=ROOT, **env):
+  return run_module('experiments.imagenet', *args, cwd=cwd, **env)
 
 
 @pytest.mark.parametrize('args,message', [
@@ -143,11 +143,23 @@ def test_preset_path_form_and_overrides(tmp_path, fashion_dir):
   result = _cli('--config=experiments/configs/v3.py:fashion_mnist', f'--workdir={tmp_path}/w',
                 '--config.model=bn_inception', '--config.image_size=32', '--config.total_steps=2',
                 '--config.warmup_steps=0', '--config.batch_size=8', '--config.eval_batch_size=16',
-                '--config.model_overrides.dropout_rate=0.0', f'--config.data_dir={fashion_dir}')
+                '--config.model_overrides.dropout_rate=0.0', f'--config.data_dir={fashion_dir}',
+                JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'cache'))
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'final test accuracy over all 13 examples' in result.stdout
   saved = json.load(open(tmp_path / 'w' / 'config.json'))
   assert saved['model'] == 'bn_inception' and saved['model_overrides']['dropout_rate'] == 0.0
+  assert any((tmp_path / 'cache').iterdir())   # the compiled programs, for a resumed run
+
+
+def test_the_compilation_cache_is_on_unless_turned_off(tmp_path):
+  # A run that stops at a bad batch size has turned the cache on (its directory exists) or not.
+  for switch, on in ((), True), (('--nocompilation_cache',), False):
+    cache = tmp_path / f'cache_{on}'
+    result = _cli('--config=v3', '--config.batch_size=12', f'--workdir={tmp_path}/w', *switch,
+                  JAX_COMPILATION_CACHE_DIR=str(cache))
+    assert result.returncode == 2 and 'not divisible' in result.stderr
+    assert cache.is_dir() == on
 
 
 def test_bfloat16_compute_keeps_float32_params_statistics_and_loss():
