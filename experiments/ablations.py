@@ -13,6 +13,10 @@ beside the paper's ImageNet numbers; on a small dataset and budget ours are not 
 
 from __future__ import annotations
 
+if __name__ == '__main__':  # first, before JAX and TensorFlow load: this may replace the process
+  from experiments import malloc
+  malloc.restart_on_tcmalloc()
+
 import argparse
 import dataclasses
 import importlib

@@ -20,6 +20,10 @@ line printed is one JSON object.
 
 from __future__ import annotations
 
+if __name__ == '__main__':  # first, before JAX and TensorFlow load: this may replace the process
+  from experiments import malloc
+  malloc.restart_on_tcmalloc()
+
 import argparse
 import gc
 import json
@@ -29,6 +33,8 @@ import sys
 import time
 
 import numpy as np
+
+from experiments import malloc
 
 # Dense peak FLOP/s per device from the vendors' data sheets, by a substring of `device_kind`, for
 # (bfloat16, float32). float32 matrix products on NVIDIA GPUs run as TF32 under XLA's default precision, so
@@ -54,17 +60,6 @@ PEERS = {
 def _fail(message: str) -> None:
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)
-
-
-def allocator() -> str:
-  """The malloc this process runs on: 'tcmalloc' or 'jemalloc' when preloaded, else 'system'. On the CPU
-  it changes step times by a third (README), so records say which one they were taken with."""
-  try:
-    with open('/proc/self/maps') as f:
-      maps = f.read()
-  except OSError:
-    return 'unknown'
-  return next((name for name in ('tcmalloc', 'jemalloc') if name in maps), 'system')
 
 
 def peak_flops(dtype: str) -> tuple[float, str]:
@@ -431,7 +426,7 @@ def main(argv=None) -> int:
       'peak_flops': peak, 'peak_source': peak_source,
       'peak_memory_bytes': result['peak_memory_bytes'], 'cache_hits': result['cache_hits'],
       'executable_loaded': result['executable_loaded'], 'train_loss': result.get('loss'),
-      'cache_dir': cache, 'allocator': allocator(),
+      'cache_dir': cache, 'allocator': malloc.in_use(),
   }
   who = f'{args.peer} ' if args.peer else ''
   print(f'{who}{c.model} batch {c.batch_size} at {c.image_size}px {c.dtype} on {record["devices"]} × '

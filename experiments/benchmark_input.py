@@ -7,6 +7,10 @@
 
 from __future__ import annotations
 
+if __name__ == '__main__':  # first, before JAX and TensorFlow load: this may replace the process
+  from experiments import malloc
+  malloc.restart_on_tcmalloc()
+
 import argparse
 import json
 import os

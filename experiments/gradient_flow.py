@@ -14,6 +14,10 @@ has that switch, each in `DIR/<variant>/`, and adds `DIR/compare_depth_profile.p
 Any `--config.KEY=VALUE` override applies to every run.
 """
 
+if __name__ == '__main__':  # first, before JAX and TensorFlow load: this may replace the process
+  from experiments import malloc
+  malloc.restart_on_tcmalloc()
+
 import os
 import sys
 

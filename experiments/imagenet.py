@@ -8,6 +8,10 @@
 path to a config file. Any key can be overridden with --config.KEY=VALUE; an unknown key is an error.
 """
 
+if __name__ == '__main__':  # first, before JAX and TensorFlow load: this may replace the process
+  from experiments import malloc
+  malloc.restart_on_tcmalloc()
+
 import difflib
 import importlib.util
 import os

@@ -20,6 +20,10 @@ Several hosts: start one process per host with `--coordinator_address=HOST0:PORT
 --process_id=I` (or `--multihost` where JAX finds them); counts are then global.
 """
 
+if __name__ == '__main__':  # first, before JAX and TensorFlow load: this may replace the process
+  from experiments import malloc
+  malloc.restart_on_tcmalloc()
+
 import json
 import math
 import os
