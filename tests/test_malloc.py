@@ -15,7 +15,8 @@ TOOLS = ['imagenet', 'benchmark', 'scaling', 'gradient_flow', 'ablations', 'benc
 
 # A stand-in for a tool: restarts like one, then says what it runs on and with which command line.
 PROBE = ('from experiments import malloc; malloc.restart_on_tcmalloc(); import json, os, sys; '
-         'print(json.dumps([malloc.in_use(), sys.argv[1:], sys.flags.utf8_mode, os.environ.get("LD_PRELOAD", "")]))')
+         'print(json.dumps([malloc.in_use(), sys.argv[1:], sys.flags.utf8_mode, '
+         'os.environ.get("LD_PRELOAD", "")]))')
 
 
 def _probe(*args, **env):

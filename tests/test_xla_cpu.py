@@ -13,7 +13,15 @@ NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
 def _conv_ops(fn, *args):
-  return {e.primitive.name for e in jax.make_jaxpr(fn)(*args).eqns} & {'conv_general_dilated', 'dot_general'}
+  """The convolution and product primitives `fn` uses, also inside custom_vjp and other nested calls."""
+  def primitives(jaxpr):
+    for e in jaxpr.eqns:
+      yield e.primitive.name
+      for value in e.params.values():
+        inner = getattr(value, 'jaxpr', value)
+        if hasattr(inner, 'eqns'):
+          yield from primitives(inner)
+  return set(primitives(jax.make_jaxpr(fn)(*args).jaxpr)) & {'conv_general_dilated', 'dot_general'}
 
 
 # (input shape, kernel shape, strides, padding, the primitive the CPU path uses)
@@ -30,6 +38,12 @@ CONV_CASES = [
     ((2, 9, 9, 12), (3, 3, 12, 5), (1, 1), 'SAME', 'conv_general_dilated'),
     ((2, 9, 9, 12), (5, 5, 12, 5), (1, 1), ((1, 2), (0, 3)), 'conv_general_dilated'),
     ((2, 3, 3, 12), (3, 3, 12, 5), (1, 1), ((1, 1), (1, 1)), 'dot_general'),  # explicit padding
+    # Rows and columns (the factorised n×n): the convolution, kernel gradient tap by tap.
+    ((2, 9, 9, 12), (7, 1, 12, 5), (1, 1), 'SAME', 'conv_general_dilated'),
+    ((2, 9, 8, 12), (1, 7, 12, 5), (1, 1), 'SAME', 'conv_general_dilated'),
+    ((2, 9, 9, 12), (3, 1, 12, 5), (1, 1), 'VALID', 'conv_general_dilated'),
+    ((2, 9, 9, 12), (1, 3, 12, 5), (1, 1), ((2, 0), (1, 1)), 'conv_general_dilated'),
+    ((2, 10, 10, 12), (3, 1, 12, 5), (2, 2), 'SAME', 'conv_general_dilated'),  # strided: all `lax`
 ]
 
 
@@ -108,3 +122,16 @@ def test_large_grids_sum_the_kernel_gradient_over_slices_of_the_batch(x_shape, p
     # The compiled backward pass: one convolution for the input gradient, one per image for the kernel's.
     backward = jax.jit(lambda x, k, c: jax.vjp(ours, x, k)[1](c)).lower(x, k, cotangent).compile().as_text()
     assert backward.count(' convolution(') == 1 + x_shape[0]
+
+
+@pytest.mark.parametrize('k_shape,strides,kernel_grad_convolutions', [
+    ((7, 1, 12, 5), (1, 1), 0), ((1, 7, 12, 5), (1, 1), 0), ((3, 1, 12, 5), (1, 1), 0),
+    ((3, 1, 12, 5), (2, 2), 1), ((3, 3, 12, 5), (1, 1), 1)])
+def test_rows_and_columns_take_their_kernel_gradient_tap_by_tap(k_shape, strides, kernel_grad_convolutions):
+  x_shape = (2, 9, 9, 12)
+  with jax.enable_x64(True):
+    ours, x, k, cotangent = _equals_lax_with_gradients(x_shape, k_shape, strides, 'SAME')
+    # The compiled backward pass: one convolution for the input gradient; a k×1 or 1×k kernel's gradient
+    # as a matrix product over the cells of every tap, any other's as a convolution.
+    backward = jax.jit(lambda x, k, c: jax.vjp(ours, x, k)[1](c)).lower(x, k, cotangent).compile().as_text()
+    assert backward.count(' convolution(') == 1 + kernel_grad_convolutions

@@ -1,7 +1,7 @@
 """Convolution and max pooling written the way XLA:CPU runs them fastest; other backends get the plain ops.
 
-Profiling the Inception-v3 train step on an x86 CPU (2 cores, batch 32, 75 px) showed two places where
-XLA:CPU spends far more than the arithmetic needs:
+Profiling the Inception-v3 train step on an x86 CPU (2 cores; batch 32 at 75 px, batch 16 at 299 px)
+showed where XLA:CPU spends far more than the arithmetic needs:
 - a convolution's kernel gradient runs at a fraction of its forward speed: a 1×1 convolution's forward +
   backward takes ~2.5× as long as the same products written as matrix products, and convolutions over tiny
   grids (a 1×3 kernel on a 1×1 grid) are slower still;
@@ -9,7 +9,11 @@ XLA:CPU spends far more than the arithmetic needs:
 - max pooling's gradient (variadic reduce-window carrying argmax indices) costs ~4–20× its forward pass;
 - on large grids (Inception-v3's 147×147 and 71×71 stem convolutions at 299 px) the kernel gradient slows
   down with the batch: per image it takes 6.4× as long at batch 16 as at batch 1 (69 vs 10.8 ms for the
-  73×73, 80→192 convolution), so it is summed over slices of the batch.
+  73×73, 80→192 convolution), so it is summed over slices of the batch;
+- the kernel gradient of a k×1 kernel (a column: the factorised 7×7 and 3×3 of Inception-v3/v4 and
+  Inception-ResNet) is several times slower than that of the same 1×k row (17×17 grid, 192→192, batch 16:
+  forward and both gradients 82 ms for 7×1, 36 ms for 1×7), so both take it as one matrix product over
+  the input cells of every tap (30 and 31 ms).
 All are replaced here by formulations with the same results (up to float rounding) whose gradients XLA:CPU
 handles well. Only the formulation changes: parameters, shapes and semantics are those of `lax`.
 """
@@ -79,7 +83,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
       # for Inception-v3's Conv2d_2a_3x3 at batch 32); one row and column of zeros the windows may not
       # reach select the fast one, and the extra outputs they add are cut off.
       conv_padding = ((0, 1), (0, 1))
-    conv = _conv_sliced_kernel_grad if out[0] * out[1] >= KERNEL_GRAD_MIN_CELLS else _conv
+    if out[0] * out[1] >= KERNEL_GRAD_MIN_CELLS:
+      conv = _conv_sliced_kernel_grad
+    elif min(kh, kw) == 1 and tuple(window_strides) == (1, 1):
+      conv = _conv_kernel_grad_by_tap
+    else:
+      conv = _conv
     y = conv(lhs, rhs, tuple(window_strides), conv_padding, precision, preferred_element_type)
     return y[:, :out[0], :out[1], :]
 
@@ -127,6 +136,33 @@ def _conv_sliced_kernel_grad_bwd(strides, padding, precision, preferred_element_
 
 
 _conv_sliced_kernel_grad.defvjp(_conv_sliced_kernel_grad_fwd, _conv_sliced_kernel_grad_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_kernel_grad_by_tap(lhs, rhs, strides, padding, precision, preferred_element_type):
+  return _conv(lhs, rhs, strides, padding, precision, preferred_element_type)
+
+
+def _conv_kernel_grad_by_tap_fwd(lhs, rhs, strides, padding, precision, preferred_element_type):
+  return _conv(lhs, rhs, strides, padding, precision, preferred_element_type), (lhs, rhs)
+
+
+def _conv_kernel_grad_by_tap_bwd(strides, padding, precision, preferred_element_type, residuals, dy):
+  """The input gradient as `lax` computes it; the kernel gradient as one matrix product of the cotangent
+  with the input cells each tap sees (stacked, a copy of the input per tap), accumulated in float32 at
+  least. (One product per tap is as fast but compiles into more kernels.)"""
+  lhs, rhs = residuals
+  total = jnp.promote_types(rhs.dtype, jnp.float32)
+  dx = jax.vjp(lambda x: _conv(x, rhs, strides, padding, precision, preferred_element_type), lhs)[1](dy)[0]
+  x = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+  kh, kw = rhs.shape[:2]
+  taps = jnp.stack([_window_slice(x, i, j, dy.shape[1:3], strides) for i in range(kh) for j in range(kw)])
+  dw = lax.dot_general(taps, dy, (((1, 2, 3), (0, 1, 2)), ((), ())), precision=precision,
+                       preferred_element_type=total)
+  return dx, dw.reshape(rhs.shape).astype(rhs.dtype)
+
+
+_conv_kernel_grad_by_tap.defvjp(_conv_kernel_grad_by_tap_fwd, _conv_kernel_grad_by_tap_bwd)
 
 
 def _reduce_window_max(x, window, strides, padding):
