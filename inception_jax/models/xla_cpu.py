@@ -143,10 +143,6 @@ def _conv_kernel_grad_by_tap(lhs, rhs, strides, padding, precision, preferred_el
   return _conv(lhs, rhs, strides, padding, precision, preferred_element_type)
 
 
-def _conv_kernel_grad_by_tap_fwd(lhs, rhs, strides, padding, precision, preferred_element_type):
-  return _conv(lhs, rhs, strides, padding, precision, preferred_element_type), (lhs, rhs)
-
-
 def _conv_kernel_grad_by_tap_bwd(strides, padding, precision, preferred_element_type, residuals, dy):
   """The input gradient as `lax` computes it; the kernel gradient as one matrix product of the cotangent
   with the input cells each tap sees (stacked, a copy of the input per tap), accumulated in float32 at
@@ -162,7 +158,8 @@ def _conv_kernel_grad_by_tap_bwd(strides, padding, precision, preferred_element_
   return dx, dw.reshape(rhs.shape).astype(rhs.dtype)
 
 
-_conv_kernel_grad_by_tap.defvjp(_conv_kernel_grad_by_tap_fwd, _conv_kernel_grad_by_tap_bwd)
+# The forward pass and its residuals are those of the sliced variant.
+_conv_kernel_grad_by_tap.defvjp(_conv_sliced_kernel_grad_fwd, _conv_kernel_grad_by_tap_bwd)
 
 
 def _reduce_window_max(x, window, strides, padding):
