@@ -4,6 +4,7 @@
     python -m experiments.benchmark --model=v3 --batch=256 --dtype=bfloat16 --json      # on a GPU
     python -m experiments.benchmark --model=v3 --batch=16 --peer=keras                  # Keras 3 (JAX)
     python -m experiments.benchmark --model=v3 --batch=16 --peer=torchvision            # PyTorch
+    python -m experiments.benchmark --model=v3 --batch=16 --profile=/tmp/v3_profile     # time per op
 
 The train step is the one training runs (the preset recipe of experiments/configs/base.py: RMSProp,
 label smoothing, auxiliary heads where the input size allows them, weight decay), on one random batch
@@ -55,6 +56,10 @@ PEERS = {
     'keras': {'inception_v3': 'InceptionV3', 'inception_resnet_v2': 'InceptionResNetV2', 'xception': 'Xception'},
     'torchvision': {'inception_v3': 'inception_v3', 'googlenet': 'googlenet'},
 }
+
+
+# Steps traced by `--profile` (after the timed ones).
+PROFILED_STEPS = 3
 
 
 def _fail(message: str) -> None:
@@ -140,7 +145,7 @@ def _training_steps(c, num_classes: int, devices=None):
 def measure_train_step(c, steps: int, warmup: int, devices=None, num_classes: int = 1000,
                        trace_dir: str | None = None, executables: str | None = None) -> dict:
   """Compiles and times training's own step for config `c` on a 1-D mesh of `devices` (default: all), on
-  one synthetic batch made on the devices. With `trace_dir`, three more steps are profiled there; with
+  one synthetic batch made on the devices. With `trace_dir`, `PROFILED_STEPS` more are profiled there; with
   `executables`, the compiled step is kept in (and taken from) that directory (`compile_cache`)."""
   import jax
   from inception_jax import compile_cache, data
@@ -181,7 +186,7 @@ def measure_train_step(c, steps: int, warmup: int, devices=None, num_classes: in
   step_s = _time_calls(one_step, steps, warmup)
   if trace_dir:
     jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
-    for _ in range(3):
+    for _ in range(PROFILED_STEPS):
       one_step()
     jax.profiler.stop_trace()
   peaks = [(d.memory_stats() or {}).get('peak_bytes_in_use') for d in mesh.devices.flat
@@ -189,7 +194,8 @@ def measure_train_step(c, steps: int, warmup: int, devices=None, num_classes: in
   return {'compile_s': compile_s, 'executable_loaded': loaded, 'step_s': step_s, 'flops_per_step': flops,
           'loss': holder['loss'],
           'peak_memory_bytes': max(peaks) if all(p is not None for p in peaks) else None,
-          'cache_hits': hits.count, 'model': model, 'steps': steps_, 'state': holder['state'], 'batch': batch}
+          'cache_hits': hits.count, 'model': model, 'steps': steps_, 'state': holder['state'], 'batch': batch,
+          'compiled': train_step}
 
 
 def step_memory_bytes(c, num_classes: int = 1000) -> int:
@@ -277,9 +283,10 @@ def largest_batch(c, limit_bytes: int, num_classes: int = 1000) -> tuple[int, li
 
 
 def benchmark_ours(c, steps: int, warmup: int, num_classes: int = 1000,
-                   executables: str | None = None) -> dict:
+                   executables: str | None = None, trace_dir: str | None = None) -> dict:
   import jax
-  out = measure_train_step(c, steps, warmup, num_classes=num_classes, executables=executables)
+  out = measure_train_step(c, steps, warmup, num_classes=num_classes, executables=executables,
+                           trace_dir=trace_dir)
   model, steps_, state, batch = out['model'], out['steps'], out['state'], out['batch']
   forward = jax.jit(lambda p, s, x: model.apply({'params': p, 'batch_stats': s}, x, train=False).logits,
                     in_shardings=(steps_.replicated, steps_.replicated, steps_.sharded))
@@ -370,6 +377,9 @@ def main(argv=None) -> int:
   parser.add_argument('--memory_gb', type=float, default=None,
                       help="with --max_batch: a device's memory (default: the allocator's limit; on the "
                            'CPU the RAM divided among the CPU devices)')
+  parser.add_argument('--profile', metavar='DIR', default=None,
+                      help='also trace a few train steps into DIR and break the step down op by op '
+                           '(DIR/ops.md, DIR/ops.json; experiments/op_profile.py)')
   parser.add_argument('--no_cache', action='store_true', help='no persistent compilation cache')
   parser.add_argument('--json', action='store_true', help='end with one JSON line')
   args = parser.parse_args(argv)
@@ -396,14 +406,21 @@ def main(argv=None) -> int:
                        f'{", ".join(PEERS[args.peer])}')
   except ValueError as e:
     _fail(str(e))
+  if args.profile and (args.peer or args.max_batch):
+    _fail('--profile traces our train step; it takes no --peer or --max_batch')
+  if args.profile and os.path.exists(args.profile) and not os.path.isdir(args.profile):
+    _fail(f'--profile={args.profile} is a file; give a directory (made if missing) for the trace and tables')
   c.remat = args.remat
   from inception_jax import compile_cache
   cache = None if args.no_cache else compile_cache.enable_persistent_cache()
   if args.max_batch:
     return report_largest_batch(c, args)
 
+  # The CPU's matrix-product peak is measured first, while nothing else of ours has run in this process.
+  peak, peak_source = peak_flops(args.dtype)
   executables = os.path.join(cache, 'executables') if cache else None
-  ours = benchmark_ours(c, args.steps, args.warmup, executables=executables) if args.peer is None else None
+  ours = (benchmark_ours(c, args.steps, args.warmup, executables=executables, trace_dir=args.profile)
+          if args.peer is None else None)
   if args.peer is not None:
     # FLOPs are the network's, whoever runs it: count them with our (identical) network on one device.
     flops = measure_train_step(c, 1, 0, devices=jax.devices()[:1])['flops_per_step']
@@ -412,7 +429,6 @@ def main(argv=None) -> int:
     result.update(flops_per_step=flops, peak_memory_bytes=None, cache_hits=None, executable_loaded=None)
   else:
     result = ours
-  peak, peak_source = peak_flops(args.dtype)
   record = {
       'model': c.model, 'peer': args.peer, 'batch': c.batch_size, 'size': c.image_size, 'dtype': c.dtype,
       'aux': bool(c.aux_logits), 'remat': c.remat,
@@ -428,6 +444,13 @@ def main(argv=None) -> int:
       'executable_loaded': result['executable_loaded'], 'train_loss': result.get('loss'),
       'cache_dir': cache, 'allocator': malloc.in_use(),
   }
+  if args.profile:
+    from experiments import op_profile
+    rows = op_profile.profile_table(result['compiled'].as_text(), args.profile, PROFILED_STEPS)
+    op_profile.write(rows, args.profile)
+    record['ms_per_step_by_kind'] = {k: v['total'] for k, v in op_profile.by_category(rows).items()}
+    print(op_profile.markdown(rows, top=10), flush=True)
+    print(f'profile: {args.profile} (ops.md, ops.json, and the trace for TensorBoard or Perfetto)', flush=True)
   who = f'{args.peer} ' if args.peer else ''
   print(f'{who}{c.model} batch {c.batch_size} at {c.image_size}px {c.dtype} on {record["devices"]} × '
         f'{record["device_kind"]}: train {record["train_images_per_sec"]:.1f} img/s '

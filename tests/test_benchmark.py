@@ -59,6 +59,8 @@ def test_keras_peer_trains_its_own_network_with_the_jax_backend(tmp_path):
     (['--model=v3', '--size=90', '--aux=on'], "below inception_v3's minimum of 107 pixels with auxiliary heads"),
     (['--model=lenet', '--batch=0'], '--batch must be a positive multiple'),
     (['--model=lenet', '--peer=keras'], 'keras has no lenet'),
+    (['--model=googlenet', '--peer=torchvision', '--profile=unused'], '--profile traces our train step'),
+    (['--model=lenet', '--profile=README.md'], '--profile=README.md is a file; give a directory'),
 ])
 def test_bad_input_is_one_clear_error(args, message):
   result = run_module('experiments.benchmark', *args)
