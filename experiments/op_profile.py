@@ -106,16 +106,20 @@ def module_name(text: str) -> str:
   return match.group(1)
 
 
-def op_seconds(trace_dir: str, module: str) -> dict[str, float]:
-  """Total seconds per HLO instruction of `module` in the newest perfetto trace under `trace_dir`."""
+def trace_events(trace_dir: str) -> list[dict]:
+  """The events of the newest perfetto trace under `trace_dir` (as `jax.profiler` writes it)."""
   paths = glob.glob(os.path.join(trace_dir, '**', 'perfetto_trace.json.gz'), recursive=True)
   if not paths:
     raise FileNotFoundError(f'no perfetto_trace.json.gz under {trace_dir}')
   with gzip.open(max(paths, key=os.path.getmtime)) as f:
     trace = json.load(f)
-  events = trace['traceEvents'] if isinstance(trace, dict) else trace
+  return trace['traceEvents'] if isinstance(trace, dict) else trace
+
+
+def op_seconds(trace_dir: str, module: str) -> dict[str, float]:
+  """Total seconds per HLO instruction of `module` in the newest perfetto trace under `trace_dir`."""
   seconds: dict[str, float] = collections.Counter()
-  for event in events:
+  for event in trace_events(trace_dir):
     args = event.get('args') or {}
     if event.get('ph') == 'X' and args.get('hlo_module') == module and args.get('hlo_op'):
       seconds[args['hlo_op']] += event.get('dur', 0) * 1e-6

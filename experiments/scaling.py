@@ -33,7 +33,7 @@ import tempfile
 
 from absl import app, flags
 
-from experiments import benchmark, imagenet
+from experiments import benchmark, imagenet, op_profile
 
 _DEVICES = flags.DEFINE_list('devices', None, 'device counts (default: 1, 2, 4, ... up to all devices)')
 _MODE = flags.DEFINE_enum('mode', 'weak', ['weak', 'strong'],
@@ -76,14 +76,10 @@ def sub_mesh_devices(n: int) -> list:
 
 def collective_share(trace_dir: str, devices: int, step_s: float, steps: int = 3) -> float | None:
   """Mean fraction of each device's step time inside collective ops, from a perfetto trace."""
-  import glob
-  import gzip
-  paths = glob.glob(os.path.join(trace_dir, '**', 'perfetto_trace.json.gz'), recursive=True)
-  if not paths:
+  try:
+    events = op_profile.trace_events(trace_dir)
+  except FileNotFoundError:
     return None
-  with gzip.open(sorted(paths)[-1]) as f:
-    trace = json.load(f)
-  events = trace['traceEvents'] if isinstance(trace, dict) else trace
   busy_us = sum(e.get('dur', 0) for e in events if e.get('ph') == 'X' and COLLECTIVE.search(e.get('name', '')))
   return busy_us * 1e-6 / (devices * step_s * steps)
 
