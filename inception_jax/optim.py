@@ -19,9 +19,9 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from inception_jax import kernels as kernels_lib
 from inception_jax import losses
 
 PyTree = Any
@@ -110,48 +110,6 @@ def decoupled_weight_decay(learning_rate: ScalarOrSchedule,
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-# Leaves up to this many values are summed together (see `squared_norms`).
-SMALL_LEAF_SIZE = 1 << 14
-
-
-def squared_norms(tree: PyTree) -> jax.Array:
-  """Each leaf's sum of squares (in float32), stacked in `jax.tree.leaves` order.
-
-  XLA:CPU reduces a small vector with three kernels (square, a tree of partial sums, the final sum),
-  and a network has hundreds of them (biases, BatchNorm offsets and scales): one norm of every leaf would
-  add ~600 kernels to the train step's compilation. So the small leaves are laid end to end and summed
-  per leaf with one segment sum; each large leaf is one reduction.
-  """
-  leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)]
-  if not leaves:
-    return jnp.zeros((0,), jnp.float32)
-  small = [i for i, x in enumerate(leaves) if x.size <= SMALL_LEAF_SIZE]
-  large = [i for i, x in enumerate(leaves) if x.size > SMALL_LEAF_SIZE]
-  parts = [jnp.stack([jnp.sum(jnp.square(leaves[i])) for i in large])] if large else []
-  if small:
-    segments = np.repeat(np.arange(len(small)), [leaves[i].size for i in small])
-    values = jnp.concatenate([leaves[i].ravel() for i in small])
-    parts.append(jax.ops.segment_sum(jnp.square(values), segments, num_segments=len(small),
-                                     indices_are_sorted=True))
-  order = np.argsort(np.array(large + small))   # back to leaf order
-  return jnp.concatenate(parts)[order]
-
-
-def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
-  """optax.clip_by_global_norm's rule (updates scaled by max_norm / norm when the global norm exceeds
-  max_norm), with the norm summed as `squared_norms` sums it. The train step sums the same squares for
-  its gradient norm, so XLA computes them once for both."""
-
-  def update_fn(updates, state, params=None):
-    del params
-    norm = jnp.sqrt(jnp.sum(squared_norms(updates)))
-    scale = jnp.where(norm < max_norm, 1.0, max_norm / norm)
-    updates = jax.tree.map(lambda t: t * scale.astype(t.dtype), updates)
-    return updates, state
-
-  return optax.GradientTransformation(optax.init_empty_state, update_fn)
-
-
 def create_optimizer(
     name: str,
     schedule: ScalarOrSchedule,
@@ -166,6 +124,7 @@ def create_optimizer(
     adam_b1: float = 0.9,
     adam_b2: float = 0.999,
     adam_epsilon: float = 1e-8,
+    kernels: str = 'auto',
 ) -> optax.GradientTransformation:
   """The optimizer of a config: optional clipping, the update rule, optional decoupled weight decay.
 
@@ -184,6 +143,7 @@ def create_optimizer(
     momentum: momentum of 'sgd', 'nesterov' and 'rmsprop'.
     rmsprop_decay, rmsprop_epsilon: TF-RMSProp's decay and ε (inside the root).
     adam_b1, adam_b2, adam_epsilon: Adam's moments' decays and ε.
+    kernels: how the clipping norm is summed (`inception_jax.kernels`; the same value either way).
 
   Returns:
     An optax GradientTransformation. With decoupled decay, `update` must be given the params.
@@ -203,7 +163,7 @@ def create_optimizer(
 
   chain = []
   if clip_norm is not None:
-    chain.append(clip_by_global_norm(clip_norm))
+    chain.append(kernels_lib.get(kernels).clip_by_global_norm(clip_norm))
   chain.append(base)
   if decoupled and weight_decay > 0:
     mask = losses.decay_mask

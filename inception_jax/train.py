@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from inception_jax import checkpoint, data, losses, models, optim
+from inception_jax import checkpoint, data, kernels, losses, models, optim
 from inception_jax.reporting import Reporter
 
 PyTree = Any
@@ -80,7 +80,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
     raise ValueError(f"remat must be '' (off), 'blocks' or 'dots', got {remat!r}")
   overrides = {k: v for k, v in config.model_overrides.to_dict().items() if v is not None}
   model = models.create_model(config.model, num_classes=num_classes, aux_logits=config.aux_logits,
-                              dtype=dtype, **overrides)
+                              dtype=dtype, kernels=config.kernels, **overrides)
   if remat == 'blocks':
     if not hasattr(model, 'remat_blocks'):
       raise ValueError(f"remat='blocks' needs a model built of Inception modules or residual blocks; "
@@ -105,7 +105,8 @@ def build_optimizer(config: ml_collections.ConfigDict, total_steps: int, steps_p
       config.optimizer, schedule, clip_norm=config.clip_norm or None,
       weight_decay=config.weight_decay, decoupled=config.decoupled_weight_decay,
       momentum=config.momentum, rmsprop_decay=config.rmsprop_decay, rmsprop_epsilon=config.rmsprop_epsilon,
-      adam_b1=config.adam_b1, adam_b2=config.adam_b2, adam_epsilon=config.adam_epsilon)
+      adam_b1=config.adam_b1, adam_b2=config.adam_b2, adam_epsilon=config.adam_epsilon,
+      kernels=config.kernels)
   return tx, schedule
 
 
@@ -185,10 +186,6 @@ def nonfinite_quantities(params: PyTree) -> list[str]:
   return ['input images', 'loss'] + ['gradient of ' + '/'.join(str(k.key) for k in path) for path in paths]
 
 
-def _l2(tree) -> jax.Array:
-  return jnp.sqrt(jnp.sum(optim.squared_norms(tree)))
-
-
 def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict) -> Callable:
   """`loss_fn(params, batch_stats, batch, rng) -> (loss, (parts, new batch_stats, logits))`: the training
   loss of one batch, differentiated with respect to `params` (rematerialised as `config.remat` says)."""
@@ -213,6 +210,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
                     config: ml_collections.ConfigDict, axis_name: str | None = None) -> Callable:
   """`train_step(state, batch, rng) -> (state, metrics)`; with `axis_name` it runs per device (shard_map)."""
   loss_fn = make_loss_fn(model, config)
+  squared_norms = kernels.get(config.kernels).squared_norms
+
+  def l2(tree) -> jax.Array:
+    return jnp.sqrt(jnp.sum(squared_norms(tree)))
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
@@ -229,7 +230,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     # A gradient array is non-finite when its squared norm is: it holds a NaN or an infinity, or its
     # values reach ~1e19. (The norms are needed for the metrics anyway; a second reduction per array
     # would add minutes to XLA's compilation of the step.)
-    grad_norms = optim.squared_norms(grads)
+    grad_norms = squared_norms(grads)
     finite = jnp.concatenate([jnp.stack([input_finite, jnp.isfinite(loss)]), jnp.isfinite(grad_norms)])
     ok = jnp.all(finite)
 
@@ -241,7 +242,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         decay = optim.ema_decay_at(state.step, config.ema_decay) if config.ema_warmup else config.ema_decay
         ema_params = optim.ema_update(ema_params, params, decay)
         ema_batch_stats = optim.ema_update(ema_batch_stats, batch_stats, decay)
-      return (params, batch_stats, opt_state, ema_params, ema_batch_stats), _l2(updates)
+      return (params, batch_stats, opt_state, ema_params, ema_batch_stats), l2(updates)
 
     def keep(grads, batch_stats):
       del grads, batch_stats
@@ -266,7 +267,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
                               ema_params=ema_params, ema_batch_stats=ema_batch_stats, nonfinite=nonfinite)
     metrics = {'loss': loss, **{f'loss_{k}': v for k, v in parts.items()}, 'top1': top1,
                'learning_rate': schedule(state.step), 'l2_grads': jnp.sqrt(jnp.sum(grad_norms)),
-               'l2_params': _l2(params), 'l2_updates': l2_updates}
+               'l2_params': l2(params), 'l2_updates': l2_updates}
     return new_state, metrics
 
   return train_step

@@ -35,8 +35,8 @@ TOLERANCE = 1e-4
 BATCH = np.random.RandomState(1).randn(2, SIZE, SIZE, 3).astype(np.float32)  # NHWC
 
 
-def our_logits(pretrained: convert.Pretrained, x: np.ndarray = BATCH) -> np.ndarray:
-  model = pretrained.create_model()
+def our_logits(pretrained: convert.Pretrained, x: np.ndarray = BATCH, kernels: str = 'auto') -> np.ndarray:
+  model = pretrained.create_model(kernels=kernels)
   return np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False).logits)(pretrained.variables, x))
 
 
@@ -104,9 +104,10 @@ def test_torch_logits_equal_the_peers(source, tmp_path):
   path = save_torch(peer.state_dict(), tmp_path / name, form)
   pretrained = convert.convert(source, path)
   expected = torch_logits(peer)
-  got = our_logits(pretrained)
   assert np.std(expected, axis=0).mean() > 1e-3  # the logits depend on the input: a test that can fail
-  np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
+  for kernels in ('lax', 'cpu'):
+    np.testing.assert_allclose(our_logits(pretrained, kernels=kernels), expected, rtol=0, atol=TOLERANCE,
+                               err_msg=f'kernels={kernels}')
 
 
 def test_torch_auxiliary_heads_come_along(tmp_path):
@@ -177,9 +178,11 @@ def test_keras_logits_equal_the_peers(source, tmp_path):
   path = str(tmp_path / name)
   peer.save(path)
   expected = keras_logits(peer)
-  got = our_logits(convert.convert(source, path))
+  pretrained = convert.convert(source, path)
   assert np.std(expected, axis=0).mean() > 1e-3
-  np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
+  for kernels in ('lax', 'cpu'):
+    np.testing.assert_allclose(our_logits(pretrained, kernels=kernels), expected, rtol=0, atol=TOLERANCE,
+                               err_msg=f'kernels={kernels}')
 
 
 def test_keras_numbered_names_may_start_anywhere(tmp_path):

@@ -108,12 +108,12 @@ def test_compute_dtype_and_param_dtype():
 # loss separately; the tests below read them.
 
 
-def run_model(name):
+def run_model(name, kernels='auto'):
   """One compiled program per model: init, per-head loss gradients (main first) from one training-mode
   forward pass, and eval-mode logits for the batch (twice, with different dropout keys) and for its
   first example alone."""
   size = small_size(name)
-  model = models.create_model(name, num_classes=NUM_CLASSES)
+  model = models.create_model(name, num_classes=NUM_CLASSES, kernels=kernels)
   x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
   labels = jnp.array([1, 5])
 
@@ -149,10 +149,12 @@ def block_norms(grads, head):
   return per_block, per_leaf
 
 
+@pytest.mark.parametrize('kernels', ['lax', 'cpu'])
 @pytest.mark.parametrize('name', ALL)
-def test_real_passes(name):
-  """One compiled program per model (compiling dominates), checked for each property below."""
-  size, (values, per_head, out, first, again) = run_model(name)
+def test_real_passes(name, kernels):
+  """One compiled program per model and `kernels` setting (compiling dominates), checked for each
+  property below."""
+  size, (values, per_head, out, first, again) = run_model(name, kernels)
   check_forward_backward_is_finite_and_every_parameter_gets_a_gradient(values, per_head)
   if name in WITH_AUX:
     check_aux_head_gradient_reaches_upstream_blocks_only(name, size, per_head)

@@ -82,37 +82,6 @@ def test_clipping_applies_before_the_update():
   np.testing.assert_allclose(clipped, _np_tf_rmsprop(np.zeros(2), [g * 2 / 500], [0.1]), rtol=1e-5)
 
 
-
-def test_squared_norms_are_per_leaf_and_in_leaf_order():
-  # Small leaves are summed together (one segment sum) and large ones alone; the result must not show it.
-  rng = np.random.default_rng(0)
-  big = optim.SMALL_LEAF_SIZE + 5
-  tree = {'a': rng.normal(size=(3,)), 'b': rng.normal(size=(big,)), 'c': np.float32(2.0),
-          'd': rng.normal(size=(2, 4)), 'e': rng.normal(size=(big // 8, 8)), 'f': np.zeros((0,))}
-  tree = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
-  tree['g'] = jnp.arange(4, dtype=jnp.bfloat16)
-  expected = [np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree)]
-  got = jax.jit(optim.squared_norms)(tree)
-  np.testing.assert_allclose(got, expected, rtol=1e-5)
-  # A NaN shows in its own leaf's entry only (the train step names the first non-finite gradient by it).
-  tree['d'] = tree['d'].at[1, 2].set(jnp.nan)
-  finite = np.isfinite(jax.jit(optim.squared_norms)(tree))
-  np.testing.assert_array_equal(finite, [k != 'd' for k in sorted(tree)])
-  assert optim.squared_norms({}).shape == (0,)
-
-
-@pytest.mark.parametrize('scale', [0.01, 100.0])   # below and above the threshold
-def test_clip_by_global_norm_equals_optax(scale):
-  rng = np.random.default_rng(1)
-  grads = {'w': jnp.asarray(rng.normal(size=(40, 30)) * scale, jnp.float32),
-           'b': jnp.asarray(rng.normal(size=(30,)) * scale, jnp.float32)}
-  ours, _ = optim.clip_by_global_norm(2.0).update(grads, optax.EmptyState())
-  theirs, _ = optax.clip_by_global_norm(2.0).update(grads, optax.EmptyState())
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), ours, theirs)
-  norm = float(optax.tree.norm(ours))
-  assert norm == pytest.approx(min(2.0, float(optax.tree.norm(grads))), rel=1e-5)
-
-
 PARAMS = {
     'conv': {'kernel': jnp.array([[1.0, 2.0], [3.0, 4.0]]), 'bias': jnp.array([5.0, 6.0])},
     'bn': {'scale': jnp.array([7.0]), 'bias': jnp.array([8.0])},

@@ -1,13 +1,17 @@
-"""The CPU formulations of convolution and max pooling compute exactly what `lax` computes, gradients
-included; only the operations XLA:CPU runs differ."""
+"""The CPU formulations (the `cpu` side of the `kernels` switch) compute exactly what `lax`, flax and optax
+compute, gradients included; only the operations XLA:CPU runs differ."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax import lax
 
-from inception_jax.models import layers, xla_cpu
+from inception_jax import kernels, xla_cpu
+from inception_jax.models import layers
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -77,13 +81,6 @@ def test_conv_equals_lax_with_gradients(x_shape, k_shape, strides, padding, prim
     assert _conv_ops(ours, x, k) == {primitive}
 
 
-def test_off_the_cpu_every_convolution_is_lax(monkeypatch):
-  monkeypatch.setattr(xla_cpu, 'on_cpu', lambda: False)
-  x, k = jnp.zeros((2, 7, 7, 12)), jnp.zeros((1, 1, 12, 5))
-  fn = lambda x, k: xla_cpu.conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=NHWC)
-  assert _conv_ops(fn, x, k) == {'conv_general_dilated'}
-
-
 def test_grouped_convolutions_keep_lax():
   x, k = jnp.ones((2, 3, 3, 12)), jnp.ones((3, 3, 1, 12))
   fn = lambda x, k: xla_cpu.conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=NHWC,
@@ -135,3 +132,70 @@ def test_rows_and_columns_take_their_kernel_gradient_tap_by_tap(k_shape, strides
     # as a matrix product over the cells of every tap, any other's as a convolution.
     backward = jax.jit(lambda x, k, c: jax.vjp(ours, x, k)[1](c)).lower(x, k, cotangent).compile().as_text()
     assert backward.count(' convolution(') == 1 + kernel_grad_convolutions
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize('use_scale', [True, False])
+def test_batch_norm_equals_flax_in_values_running_statistics_and_gradients(dtype, use_scale):
+  # Our BatchNorm writes its training gradient out; it must be flax's BatchNorm to rounding: outputs, the
+  # running averages, and gradients with respect to the input, the parameters, and (through the running
+  # averages) the batch statistics.
+  import flax.linen as nn
+  kwargs = dict(momentum=0.9, epsilon=1e-3, use_scale=use_scale, dtype=dtype)
+  ours, theirs = xla_cpu.BatchNorm(**kwargs), nn.BatchNorm(**kwargs)
+  x = (jax.random.normal(jax.random.key(0), (4, 5, 5, 6)) * 3 + 1).astype(dtype)
+  variables = theirs.init(jax.random.key(1), x, use_running_average=False)
+  assert (jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x, use_running_average=False))
+          == jax.tree.map(jnp.shape, variables))
+  params = jax.tree.map(lambda p: p + jax.random.uniform(jax.random.key(2), p.shape), variables['params'])
+  weights = jax.random.normal(jax.random.key(3), x.shape)
+
+  def loss(module, params, x):
+    y, updates = module.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
+                              use_running_average=False, mutable=['batch_stats'])
+    stats = updates['batch_stats']
+    return jnp.sum(y.astype(jnp.float32) * weights) + 3 * jnp.sum(stats['mean']) + 5 * jnp.sum(stats['var']), (
+        y, stats)
+
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  results = [jax.value_and_grad(functools.partial(loss, m), argnums=(0, 1), has_aux=True)(params, x)
+             for m in (ours, theirs)]
+  (_, (y, _)), _ = results[0]
+  assert y.dtype == results[1][0][1][0].dtype == dtype
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=tol, atol=tol),
+               *results)
+  evaluated = [m.apply({'params': params, 'batch_stats': variables['batch_stats']}, x, use_running_average=True)
+               for m in (ours, theirs)]
+  np.testing.assert_allclose(np.float32(evaluated[0]), np.float32(evaluated[1]), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize('impl', [kernels.CPU, kernels.LAX], ids=['cpu', 'lax'])
+def test_squared_norms_are_per_leaf_and_in_leaf_order(impl):
+  # The CPU's sums small leaves together (one segment sum) and large ones alone; the result must not show it.
+  squared_norms = impl.squared_norms
+  rng = np.random.default_rng(0)
+  big = xla_cpu.SMALL_LEAF_SIZE + 5
+  tree = {'a': rng.normal(size=(3,)), 'b': rng.normal(size=(big,)), 'c': np.float32(2.0),
+          'd': rng.normal(size=(2, 4)), 'e': rng.normal(size=(big // 8, 8)), 'f': np.zeros((0,))}
+  tree = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
+  tree['g'] = jnp.arange(4, dtype=jnp.bfloat16)
+  expected = [np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree)]
+  got = jax.jit(squared_norms)(tree)
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  # A NaN shows in its own leaf's entry only (the train step names the first non-finite gradient by it).
+  tree['d'] = tree['d'].at[1, 2].set(jnp.nan)
+  finite = np.isfinite(jax.jit(squared_norms)(tree))
+  np.testing.assert_array_equal(finite, [k != 'd' for k in sorted(tree)])
+  assert squared_norms({}).shape == (0,)
+
+
+@pytest.mark.parametrize('scale', [0.01, 100.0])   # below and above the threshold
+def test_clip_by_global_norm_equals_optax(scale):
+  rng = np.random.default_rng(1)
+  grads = {'w': jnp.asarray(rng.normal(size=(40, 30)) * scale, jnp.float32),
+           'b': jnp.asarray(rng.normal(size=(30,)) * scale, jnp.float32)}
+  ours, _ = xla_cpu.clip_by_global_norm(2.0).update(grads, optax.EmptyState())
+  theirs, _ = optax.clip_by_global_norm(2.0).update(grads, optax.EmptyState())
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), ours, theirs)
+  norm = float(optax.tree.norm(ours))
+  assert norm == pytest.approx(min(2.0, float(optax.tree.norm(grads))), rel=1e-5)

@@ -16,8 +16,8 @@ from inception_jax.models.layers import BNConvNet, Conv, Mixed, Pool, classifier
 
 
 class TinyInception(BNConvNet):
-  """A ConvBN stem, an Inception module (1×1, 3×3 then 1×3, pooled branches), a residual block, the
-  classifier; each block rematerialised with `remat_blocks`, as in the zoo's models."""
+  """A ConvBN stem, an Inception module (1×1, 3×3 then 1×3, average- and max-pooled branches), a residual
+  block, the classifier; each block rematerialised with `remat_blocks`, as in the zoo's models."""
   dropout_rate: float = 0.0
 
   @nn.compact
@@ -25,7 +25,8 @@ class TinyInception(BNConvNet):
     conv = self.conv_factory()
     x = conv(8, 3, strides=2, name='stem')(x.astype(self.dtype or x.dtype), train)
     x = self.block(Mixed)(((Conv('a', 4, 1),), (Conv('b', 4, 3), Conv('c', 6, (1, 3))),
-                           (Pool('avg', 3, 1), Conv('d', 2, 1))), conv, name='mixed')(x, train)
+                           (Pool('avg', 3, 1), Conv('d', 2, 1)), (Pool('max', 3, 1), Conv('e', 2, 1))),
+                          conv, kernels=self.kernels, name='mixed')(x, train)
     x = self.block(ResidualBlock)(((Conv('a', 4, 1),), (Conv('b', 4, 3),)), 0.2, conv, name='res')(x, train)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(global_avg_pool(x))
     return ModelOutput(logits=classifier(self, self.num_classes)(x), aux_logits=())

@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   # module's (residual block's) input and recomputes its inside in the backward pass; 'dots' keeps the
   # convolution and dense outputs and recomputes BN, activations, pooling and concatenations.
   c.remat = ''
+  # How convolutions, max pools, BN's gradient and the step's norms are computed (not what): 'lax' is stock
+  # flax/optax/lax, 'cpu' XLA:CPU's faster formulations, 'auto' cpu on the CPU backend and lax elsewhere.
+  c.kernels = 'auto'
 
   # Data.
   c.dataset = 'imagenet2012'

@@ -19,8 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from inception_jax import models
-from inception_jax.models import layers
+from inception_jax import models, xla_cpu
 
 
 class ConversionError(ValueError):
@@ -70,7 +69,7 @@ def source_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
 
 
 _LEAF_ORDER = {'params': ('kernel', 'scale', 'bias'), 'batch_stats': ('mean', 'var')}
-_KINDS = {nn.Conv: 'conv', nn.BatchNorm: 'bn', layers.BatchNorm: 'bn', nn.Dense: 'dense'}
+_KINDS = {nn.Conv: 'conv', nn.BatchNorm: 'bn', xla_cpu.BatchNorm: 'bn', nn.Dense: 'dense'}
 
 
 def layout(model: nn.Module, input_size: int) -> list[Leaf]:
@@ -168,9 +167,11 @@ class Pretrained:
   source: str
   variables: dict[str, Any]
 
-  def create_model(self) -> nn.Module:
+  def create_model(self, **overrides) -> nn.Module:
+    """The model these weights belong to; `overrides` may set fields that do not change its parameters
+    (e.g. `kernels`, `dtype`)."""
     return models.create_model(self.model, num_classes=self.num_classes, aux_logits=self.aux_logits,
-                               **self.overrides)
+                               **{**self.overrides, **overrides})
 
 
 def save(pretrained: Pretrained, directory: str) -> str:

@@ -83,13 +83,14 @@ class BNInception(layers.BNConvNet):
     conv = self.conv_factory()
     x = x.astype(self.dtype or x.dtype)
     x = conv(64, 7, strides=2, name='conv1_7x7_s2')(x, train)
-    x = layers.max_pool(x, 3, 2, 'SAME')
+    x = layers.max_pool(x, 3, 2, 'SAME', kernels=self.kernels)
     x = conv(64, 1, name='conv2_3x3_reduce')(x, train)
     x = conv(192, 3, name='conv2_3x3')(x, train)
-    x = layers.max_pool(x, 3, 2, 'SAME')
+    x = layers.max_pool(x, 3, 2, 'SAME', kernels=self.kernels)
 
     for name, branches in BODY:
-      x = self.block(layers.Mixed)(branches, conv, self.pool_count_include_pad, name=name)(x, train)
+      x = self.block(layers.Mixed)(branches, conv, self.pool_count_include_pad, self.kernels,
+                                   name=name)(x, train)
 
     # The paper's 7×7 average pool over the 7×7 grid, for any input size.
     x = layers.global_avg_pool(x)

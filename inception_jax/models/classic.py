@@ -33,7 +33,7 @@ def _dense(cfg: Any, features: int, name: str, kernel_init: Callable = layers.de
 def _conv(cfg: Any, **kwargs) -> Callable[..., nn.Module]:
   """A plain convolution with bias and activation (these networks predate BatchNorm)."""
   return functools.partial(layers.ConvBN, use_bn=False, kernel_init=cfg.kernel_init, dtype=cfg.dtype,
-                           param_dtype=cfg.param_dtype, **kwargs)
+                           param_dtype=cfg.param_dtype, kernels=cfg.kernels, **kwargs)
 
 
 def _flatten(x: jax.Array) -> jax.Array:
@@ -64,6 +64,7 @@ class LeNet(nn.Module):
   kernel_init: Callable = nn.initializers.xavier_uniform()
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  kernels: str = 'auto'   # see inception_jax.kernels
 
   # conv 5×5 (pad 2) → pool 2 → conv 5×5 VALID → pool 2: 12 → 6 → 2 → 1.
   MIN_INPUT_SIZE = 12
@@ -108,6 +109,7 @@ class AlexNet(nn.Module):
   kernel_init: Callable = layers.conv_kernel_init
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  kernels: str = 'auto'   # see inception_jax.kernels
 
   # Three VALID 3×3/2 max pools after the 11×11/4 conv (the adaptive pool accepts any grid).
   MIN_INPUT_SIZE = 63
@@ -118,13 +120,13 @@ class AlexNet(nn.Module):
     conv = _conv(self)
     x = x.astype(self.dtype or x.dtype)
     x = conv(64, 11, strides=4, padding=2, name='conv1')(x)
-    x = layers.max_pool(x, 3, 2)
+    x = layers.max_pool(x, 3, 2, kernels=self.kernels)
     x = conv(192, 5, padding=2, name='conv2')(x)
-    x = layers.max_pool(x, 3, 2)
+    x = layers.max_pool(x, 3, 2, kernels=self.kernels)
     x = conv(384, 3, padding=1, name='conv3')(x)
     x = conv(256, 3, padding=1, name='conv4')(x)
     x = conv(256, 3, padding=1, name='conv5')(x)
-    x = layers.max_pool(x, 3, 2)
+    x = layers.max_pool(x, 3, 2, kernels=self.kernels)
     x = _flatten(layers.adaptive_avg_pool(x, 6))
     for i in (1, 2):
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -157,6 +159,7 @@ class VGG(nn.Module):
   kernel_init: Callable = layers.conv_kernel_init
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  kernels: str = 'auto'   # see inception_jax.kernels
 
   # Five 2×2/2 max pools.
   MIN_INPUT_SIZE = 32
@@ -170,7 +173,7 @@ class VGG(nn.Module):
     for s, stage in enumerate(self.stages, start=1):
       for i, features in enumerate(stage, start=1):
         x = conv(features, 3, name=f'block{s}_conv{i}')(x)
-      x = layers.max_pool(x, 2, 2)
+      x = layers.max_pool(x, 2, 2, kernels=self.kernels)
     x = _flatten(layers.adaptive_avg_pool(x, 7))
     for i in (1, 2):
       x = nn.relu(_dense(self, 4096, f'fc{i}')(x))
@@ -217,6 +220,7 @@ class NiN(nn.Module):
   kernel_init: Callable = layers.conv_kernel_init
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  kernels: str = 'auto'   # see inception_jax.kernels
 
   # 11×11/4 VALID conv, then three VALID 3×3/2 max pools.
   MIN_INPUT_SIZE = 67
@@ -232,7 +236,7 @@ class NiN(nn.Module):
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
       x = NiNBlock(features, kernel, stride, padding, conv, name=f'nin{i}')(x)
       if i < len(blocks):
-        x = layers.max_pool(x, 3, 2)
+        x = layers.max_pool(x, 3, 2, kernels=self.kernels)
     # The classifier is the last block; logits are computed in float32 like every other model's.
     logits = layers.global_avg_pool(x).astype(jnp.float32)
     return ModelOutput(logits=logits, aux_logits=())

@@ -126,7 +126,8 @@ class GoogLeNet(layers.BNConvNet):
         self.num_classes, pool_window=5, pool_stride=3, adaptive_pool=self.aux_adaptive_pool,
         proj_features=128, proj_bn=self.use_bn, hidden_features=1024, dropout_rate=self.aux_dropout_rate,
         bn_scale=self.bn_scale, bn_epsilon=self.bn_epsilon, bn_momentum=self.bn_momentum,
-        kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype, kernels=self.kernels,
+        name=name)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> ModelOutput:
@@ -141,7 +142,7 @@ class GoogLeNet(layers.BNConvNet):
 
     def pool(x, name):
       p = pools[name]
-      return layers.max_pool(x, p.window, p.stride, p.padding, p.ceil_mode)
+      return layers.max_pool(x, p.window, p.stride, p.padding, p.ceil_mode, self.kernels)
 
     x = x.astype(self.dtype or x.dtype)
     x = conv(64, 7, strides=2, padding=pad(7), name='conv1')(x, train)
@@ -159,7 +160,7 @@ class GoogLeNet(layers.BNConvNet):
       if name in POOL_BEFORE:
         x = pool(x, POOL_BEFORE[name])
       branches = inception_module(filters, self.branch3_kernel, self.padding_style)
-      x = self.block(layers.Mixed)(branches, conv, name=name)(x, train)
+      x = self.block(layers.Mixed)(branches, conv, kernels=self.kernels, name=name)(x, train)
       # Aux heads are created at init (so the variables exist) but only contribute when training.
       if name in AUX_AFTER and self.aux_logits and (train or self.is_initializing()):
         aux.append(self._aux_head(AUX_AFTER[name])(x, train))

@@ -114,20 +114,22 @@ class InceptionV3(layers.BNConvNet):
       x = conv(64, 7, strides=2, padding='VALID', name='Conv2d_1a_7x7')(x, train)
     else:
       raise ValueError(f"stem must be '3x3' (Inception-v3) or '7x7' (Inception-v2), got {self.stem!r}")
-    x = layers.max_pool(x, 3, 2)
+    x = layers.max_pool(x, 3, 2, kernels=self.kernels)
     x = conv(80, 1, padding='VALID', name='Conv2d_3b_1x1')(x, train)
     x = conv(192, 3, padding='VALID', name='Conv2d_4a_3x3')(x, train)
-    x = layers.max_pool(x, 3, 2)
+    x = layers.max_pool(x, 3, 2, kernels=self.kernels)
 
     aux = ()
     for name, branches in BODY:
-      x = self.block(layers.Mixed)(branches, conv, self.pool_count_include_pad, name=name)(x, train)
+      x = self.block(layers.Mixed)(branches, conv, self.pool_count_include_pad, self.kernels,
+                                   name=name)(x, train)
       # Aux heads are created at init (so the variables exist) but only contribute when training.
       if name == AUX_AFTER and self.aux_logits and (train or self.is_initializing()):
         head = layers.AuxHead(self.num_classes, proj_features=128, conv_features=768, conv_kernel=5,
                               conv_bn=self.aux_bn, bn_scale=self.bn_scale, bn_epsilon=self.bn_epsilon,
                               bn_momentum=self.bn_momentum, kernel_init=self.kernel_init,
-                              dtype=self.dtype, param_dtype=self.param_dtype, name='AuxLogits')
+                              dtype=self.dtype, param_dtype=self.param_dtype, kernels=self.kernels,
+                              name='AuxLogits')
         aux = (head(x, train),)
 
     x = layers.global_avg_pool(x)

@@ -56,11 +56,11 @@ def apply_layer(layer: Layer, x: jax.Array, net: layers.BNConvNet, conv: Callabl
                 name=layer.name)(x, train)
   if isinstance(layer, Pool):
     if layer.kind == 'max':
-      return layers.max_pool(x, layer.window, layer.stride, layer.padding, layer.ceil_mode)
+      return layers.max_pool(x, layer.window, layer.stride, layer.padding, layer.ceil_mode, net.kernels)
     return layers.avg_pool(x, layer.window, layer.stride, layer.padding, net.pool_count_include_pad,
                            layer.ceil_mode)
   mixed = net.block(layers.Mixed)
-  return mixed(layer.branches, conv, net.pool_count_include_pad, name=layer.name)(x, train)
+  return mixed(layer.branches, conv, net.pool_count_include_pad, net.kernels, name=layer.name)(x, train)
 
 
 
@@ -69,7 +69,7 @@ def _aux_head(m: nn.Module) -> layers.AuxHead:
   return layers.AuxHead(m.num_classes, proj_features=128, conv_features=768, conv_kernel=5, conv_bn=True,
                         bn_scale=m.bn_scale, bn_epsilon=m.bn_epsilon, bn_momentum=m.bn_momentum,
                         kernel_init=m.kernel_init, dtype=m.dtype, param_dtype=m.param_dtype,
-                        name='AuxLogits')
+                        kernels=m.kernels, name='AuxLogits')
 
 
 def _head(m: nn.Module, x: jax.Array, train: bool) -> jax.Array:
@@ -329,14 +329,14 @@ class InceptionResNet(layers.BNConvNet):
     n35, n17, n8 = self.repeats
     for i in range(1, n35 + 1):
       x = residual(self.block_a, self.scale_a, conv, name=f'block35_{i}')(x, train)
-    x = mixed(self.reduction_a, conv, self.pool_count_include_pad, name='mixed_6a')(x, train)
+    x = mixed(self.reduction_a, conv, self.pool_count_include_pad, self.kernels, name='mixed_6a')(x, train)
     for i in range(1, n17 + 1):
       x = residual(self.block_b, self.scale_b, conv, name=f'block17_{i}')(x, train)
     aux = ()
     # Aux heads are created at init (so the variables exist) but only contribute when training.
     if self.aux_logits and (train or self.is_initializing()):
       aux = (_aux_head(self)(x, train),)
-    x = mixed(self.reduction_b, conv, self.pool_count_include_pad, name='mixed_7a')(x, train)
+    x = mixed(self.reduction_b, conv, self.pool_count_include_pad, self.kernels, name='mixed_7a')(x, train)
     for i in range(1, n8 + 1):
       x = residual(self.block_c, self.scale_c, conv, name=f'block8_{i}')(x, train)
     if self.final_linear_block:

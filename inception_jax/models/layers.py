@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from inception_jax.models import xla_cpu
+from inception_jax import kernels as kernels_lib
 
 Dtype = Any
 # 'SAME' and 'VALID' follow TensorFlow; an int p pads p cells on every side (PyTorch's `padding=p`); a pair
@@ -63,6 +63,7 @@ class ConvBN(nn.Module):
 
   With `use_bn` the convolution has no bias (BN's offset replaces it), as in TF-slim, Keras and torchvision.
   `bn_scale=False` drops BN's gamma, as Keras' Inception models do (a following ReLU makes it redundant).
+  `kernels` chooses how the convolution and BN are computed (`inception_jax.kernels`), not what.
   """
   features: int
   kernel_size: int | Sequence[int]
@@ -78,6 +79,7 @@ class ConvBN(nn.Module):
   kernel_init: Callable = conv_kernel_init
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+  kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -92,7 +94,7 @@ class ConvBN(nn.Module):
         kernel_init=self.kernel_init,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
-        conv_general_dilated=xla_cpu.conv_general_dilated,
+        conv_general_dilated=kernels_lib.get(self.kernels).conv_general_dilated,
         name='conv',
     )(x)
     if self.use_bn:
@@ -102,9 +104,10 @@ class ConvBN(nn.Module):
     return x
 
 
-def batch_norm(cfg: Any, train: bool, name: str = 'bn') -> BatchNorm:
-  """BatchNorm configured from a module's bn_* fields. Statistics stay in float32 under any compute dtype."""
-  return BatchNorm(
+def batch_norm(cfg: Any, train: bool, name: str = 'bn') -> nn.Module:
+  """BatchNorm configured from a module's bn_* and kernels fields. Statistics stay in float32 under any
+  compute dtype."""
+  return kernels_lib.get(cfg.kernels).batch_norm(
       use_running_average=not train,
       momentum=cfg.bn_momentum,
       epsilon=cfg.bn_epsilon,
@@ -113,91 +116,6 @@ def batch_norm(cfg: Any, train: bool, name: str = 'bn') -> BatchNorm:
       param_dtype=cfg.param_dtype,
       name=name,
   )
-
-
-class BatchNorm(nn.Module):
-  """`flax.linen.BatchNorm` over the last axis (same variables, defaults and results) whose training-mode
-  gradient is written out rather than traced.
-
-  Traced through, flax's BatchNorm differentiates each of its dozen operations, which XLA:CPU compiles
-  into ~15 kernels per layer, 1,400 of Inception-v3's train step; the closed form needs two reductions
-  and one elementwise pass. Statistics are computed as flax computes them (float32, Var = E[x²] − E[x]²,
-  clipped at zero) and the running averages move by `momentum` (the old value's weight).
-  """
-  use_running_average: bool | None = None
-  momentum: float = 0.99
-  epsilon: float = 1e-5
-  dtype: Dtype | None = None
-  param_dtype: Dtype = jnp.float32
-  use_bias: bool = True
-  use_scale: bool = True
-  bias_init: Callable = nn.initializers.zeros
-  scale_init: Callable = nn.initializers.ones
-
-  @nn.compact
-  def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
-    use_running_average = nn.merge_param('use_running_average', self.use_running_average,
-                                         use_running_average)
-    features = (x.shape[-1],)
-    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros(features, jnp.float32))
-    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones(features, jnp.float32))
-    scale = self.param('scale', self.scale_init, features, self.param_dtype) if self.use_scale else None
-    bias = self.param('bias', self.bias_init, features, self.param_dtype) if self.use_bias else None
-    dtype = self.dtype or jnp.result_type(x, *(p for p in (scale, bias) if p is not None))
-    compute = jnp.promote_types(x.dtype, jnp.float32)
-    scale = jnp.ones(features, compute) if scale is None else scale.astype(compute)
-    bias = jnp.zeros(features, compute) if bias is None else bias.astype(compute)
-    if use_running_average:
-      y = (x.astype(compute) - ra_mean.value) * (lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
-      return y.astype(dtype)
-    y, mean, var = _batch_norm_train(x, scale, bias, self.epsilon)
-    if not self.is_initializing():
-      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-    return y.astype(dtype)
-
-
-def _moments(x: jax.Array, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(x in `dtype`, per-channel mean, per-channel variance) over all axes but the last."""
-  x = x.astype(dtype)
-  axes = tuple(range(x.ndim - 1))
-  mean = jnp.mean(x, axes)
-  var = jnp.maximum(0.0, jnp.mean(jnp.square(x), axes) - jnp.square(mean))
-  return x, mean, var
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _batch_norm_train(x, scale, bias, epsilon):
-  """(normalised x · scale + bias, batch mean, batch variance), in scale's dtype."""
-  x, mean, var = _moments(x, scale.dtype)
-  return (x - mean) * (lax.rsqrt(var + epsilon) * scale) + bias, mean, var
-
-
-def _batch_norm_train_fwd(x, scale, bias, epsilon):
-  xc, mean, var = _moments(x, scale.dtype)
-  inv = lax.rsqrt(var + epsilon)
-  return ((xc - mean) * (inv * scale) + bias, mean, var), (x, mean, inv, scale)
-
-
-def _batch_norm_train_bwd(epsilon, residuals, cotangents):
-  del epsilon
-  x, mean, inv, scale = residuals
-  dy, dmean, dvar = cotangents
-  axes = tuple(range(x.ndim - 1))
-  n = x.size // x.shape[-1]
-  centred = x.astype(scale.dtype) - mean
-  x_hat = centred * inv
-  dy = dy.astype(scale.dtype)
-  dbias = jnp.sum(dy, axes)
-  dscale = jnp.sum(dy * x_hat, axes)
-  # y depends on x directly and through the batch mean and variance; the two sums carry the latter.
-  # The mean and variance are outputs too (for the running averages): their cotangents add 1/n and
-  # 2(x − mean)/n per element.
-  dx = (scale * inv) * (dy - dbias / n - x_hat * (dscale / n)) + dmean / n + centred * (2 * dvar / n)
-  return dx.astype(x.dtype), dscale, dbias
-
-
-_batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
 class BNConvNet(nn.Module):
@@ -215,6 +133,7 @@ class BNConvNet(nn.Module):
     remat_blocks: activation checkpointing per block: the backward pass keeps only each block's input
       and recomputes the block's inside from it (`nn.remat`), so training holds one block's activations
       at a time rather than the whole network's, for about one more forward pass of compute.
+    kernels: 'auto', 'lax' or 'cpu': how convolutions, pools and BN are computed (`inception_jax.kernels`).
   """
   num_classes: int = 1000
   aux_logits: bool = True
@@ -227,6 +146,7 @@ class BNConvNet(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
   remat_blocks: bool = False
+  kernels: str = 'auto'
 
   def block(self, cls: type[nn.Module]) -> type[nn.Module]:
     """The class of a top-level block (an Inception module, a residual block), rematerialised when
@@ -238,7 +158,7 @@ class BNConvNet(nn.Module):
     """`ConvBN` with this network's BN, init and dtype settings."""
     return functools.partial(ConvBN, bn_scale=self.bn_scale, bn_epsilon=self.bn_epsilon,
                              bn_momentum=self.bn_momentum, kernel_init=self.kernel_init, dtype=self.dtype,
-                             param_dtype=self.param_dtype, **overrides)
+                             param_dtype=self.param_dtype, kernels=self.kernels, **overrides)
 
 
 class SeparableConv(nn.Module):
@@ -290,14 +210,14 @@ def _explicit_pool_padding(x: jax.Array, window: tuple[int, int], strides: tuple
 
 
 def max_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[int] | None = None,
-             padding: Padding = 'VALID', ceil_mode: bool = False) -> jax.Array:
-  """Max pooling over NHWC; padded cells never win (they are -inf)."""
+             padding: Padding = 'VALID', ceil_mode: bool = False, kernels: str = 'auto') -> jax.Array:
+  """Max pooling over NHWC; padded cells never win (they are -inf). `kernels`: see `inception_jax.kernels`."""
   window = _pair(window)
   strides = window if strides is None else _pair(strides)
   pad = _explicit_pool_padding(x, window, strides, padding, ceil_mode)
   if isinstance(pad, str):
     pad = lax.padtype_to_pads(x.shape[1:3], window, strides, pad)
-  return xla_cpu.max_pool(x, window, strides, tuple(tuple(p) for p in pad))
+  return kernels_lib.get(kernels).max_pool(x, window, strides, tuple(tuple(p) for p in pad))
 
 
 def avg_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[int] | None = None,
@@ -382,12 +302,13 @@ class AuxHead(nn.Module):
   kernel_init: Callable = conv_kernel_init
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+  kernels: str = 'auto'
 
   def _conv(self, features, kernel, use_bn, name):
     return ConvBN(features, kernel, padding='VALID', use_bn=use_bn, bn_scale=self.bn_scale,
                   bn_epsilon=self.bn_epsilon, bn_momentum=self.bn_momentum,
                   kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype,
-                  name=name)
+                  kernels=self.kernels, name=name)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -470,10 +391,12 @@ class Mixed(nn.Module):
     branches: the module's table, one tuple of steps per branch.
     conv: the ConvBN factory carrying the family's BN/dtype/init conventions.
     pool_count_include_pad: average-pool convention (see `avg_pool`).
+    kernels: how max pools are computed (the conv factory carries its own).
   """
   branches: tuple[Branch, ...]
   conv: Callable[..., nn.Module] = ConvBN
   pool_count_include_pad: bool = False
+  kernels: str = 'auto'
 
   def _step(self, step, x, train):
     if isinstance(step, Conv):
@@ -481,7 +404,7 @@ class Mixed(nn.Module):
                        name=step.name)(x, train)
     if isinstance(step, Pool):
       if step.kind == 'max':
-        return max_pool(x, step.window, step.stride, step.padding, step.ceil_mode)
+        return max_pool(x, step.window, step.stride, step.padding, step.ceil_mode, self.kernels)
       return avg_pool(x, step.window, step.stride, step.padding, self.pool_count_include_pad,
                       step.ceil_mode)
     return jnp.concatenate([self._chain(tail, x, train) for tail in step.tails], axis=-1)

@@ -13,6 +13,8 @@ import flax
 import flax.linen as nn
 import jax
 
+from inception_jax import kernels
+
 
 @flax.struct.dataclass
 class ModelOutput:
@@ -99,7 +101,8 @@ def create_model(name: str, *, num_classes: int = 1000, aux_logits: bool = True,
     num_classes: size of the classifier(s).
     aux_logits: build the auxiliary heads (they run only with `train=True`). Ignored by models without any.
     **overrides: any field of the model's module (dtype, param_dtype, bn_momentum, dropout_rate, the
-      family's ablation switches, ...).
+      family's ablation switches, ...). Every model has `kernels`: 'auto' (default), 'lax' or 'cpu'
+      (`inception_jax.kernels`), which changes how it is computed but not its parameters or results.
 
   Returns:
     An unbound `flax.linen.Module`; `model.apply(variables, x, train=False)` returns a `ModelOutput`.
@@ -107,6 +110,7 @@ def create_model(name: str, *, num_classes: int = 1000, aux_logits: bool = True,
   canonical = resolve_name(name)
   if num_classes < 1:
     raise ValueError(f'num_classes must be a positive integer, got {num_classes}')
+  kernels.check(overrides.get('kernels', 'auto'))
   builder = _BUILDERS[canonical]
   try:
     return builder(num_classes=num_classes, aux_logits=aux_logits, **overrides)

@@ -57,6 +57,7 @@ class SeparableConvBN(nn.Module):
   kernel_init: Callable = layers.conv_kernel_init
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -79,6 +80,7 @@ class XceptionBlock(nn.Module):
     start_with_relu: False only for the first module (its input is already rectified).
     residual: add the shortcut (identity, or 1×1 conv + BN when the shape changes).
     sep_conv: SeparableConvBN factory carrying the family's BN/dtype/init conventions.
+    kernels: how the strided module's max pool is computed (`inception_jax.kernels`).
   """
   features: tuple[int, ...]
   strides: int = 1
@@ -87,6 +89,7 @@ class XceptionBlock(nn.Module):
   residual: bool = True
   sep_conv: Callable[..., nn.Module] = SeparableConvBN
   conv: Callable[..., nn.Module] = layers.ConvBN
+  kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -96,7 +99,7 @@ class XceptionBlock(nn.Module):
         x = nn.relu(x)
       x = self.sep_conv(features, name=f'sepconv{i + 1}')(x, train)
     if self.strides != 1:
-      x = layers.max_pool(x, 3, self.strides, self.pool_padding)
+      x = layers.max_pool(x, 3, self.strides, self.pool_padding, kernels=self.kernels)
     if not self.residual:
       return x
     if self.strides != 1 or shortcut.shape[-1] != x.shape[-1]:
@@ -142,7 +145,7 @@ class Xception(layers.BNConvNet):
   def __call__(self, x: jax.Array, train: bool = False) -> ModelOutput:
     layers.check_input(x, self.MIN_INPUT_SIZE, 'xception')
     bn = dict(bn_scale=self.bn_scale, bn_epsilon=self.bn_epsilon, bn_momentum=self.bn_momentum,
-              kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
+              kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype, kernels=self.kernels)
     conv = functools.partial(layers.ConvBN, **bn)
     sep_conv = functools.partial(SeparableConvBN, mid_activation=MID_ACTIVATIONS[self.mid_activation], **bn)
     x = x.astype(self.dtype or x.dtype)
@@ -152,7 +155,7 @@ class Xception(layers.BNConvNet):
     for i, (features, strides) in enumerate(BLOCKS):
       x = self.block(XceptionBlock)(
           features, strides, POOL_PADDING[self.padding_style], start_with_relu=i > 0, residual=self.residual,
-          sep_conv=sep_conv, conv=conv, name=f'block{i + 1}')(x, train)
+          sep_conv=sep_conv, conv=conv, kernels=self.kernels, name=f'block{i + 1}')(x, train)
     for i, features in enumerate(EXIT_FEATURES):
       x = sep_conv(features, activation=nn.relu, name=f'conv{i + 3}')(x, train)
 

@@ -1,0 +1,88 @@
+"""The `kernels` switch: how convolutions, max pooling, BatchNorm's gradient and the train step's norms
+are computed.
+
+- `lax`: stock `lax.conv_general_dilated`, `lax.reduce_window`, `flax.linen.BatchNorm`, optax's
+  `clip_by_global_norm` and one reduction per array: what every backend runs well, and what GPUs and TPUs
+  get.
+- `cpu`: the formulations of `inception_jax.xla_cpu`, which XLA:CPU runs and compiles faster (the
+  benchmark's `--kernels` flag measures the difference).
+- `auto` (the default): `cpu` on the CPU backend, `lax` on any other.
+
+Both compute the same function with the same parameters (tested against each other in float64), so a
+checkpoint, a converted weight file or a config moves between them unchanged. Model code passes the
+setting on (a `kernels` field, as it passes `dtype`) and asks this module for the operation; it never
+asks which backend it runs on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from inception_jax import xla_cpu
+
+KERNELS = ('auto', 'lax', 'cpu')
+
+
+def _max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
+              padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), ((0, 0), *padding, (0, 0)))
+
+
+def _squared_norms(tree: Any) -> jax.Array:
+  """Each leaf's sum of squares (in float32 at least), stacked in `jax.tree.leaves` order."""
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.zeros((0,), jnp.float32)
+  return jnp.stack([jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, jnp.float32)))) for x in leaves])
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+  """One setting's implementations.
+
+  Attributes:
+    name: 'lax' or 'cpu'.
+    conv_general_dilated: `lax.conv_general_dilated`'s signature (what `flax.linen.Conv` takes).
+    max_pool: `(x, window, strides, ((top, bottom), (left, right))) -> y` over NHWC; padding never wins.
+    batch_norm: a module with `flax.linen.BatchNorm`'s fields, variables and results.
+    squared_norms: a pytree's per-leaf sums of squares, in leaf order (the step's norms and NaN check).
+    clip_by_global_norm: optax's transformation of that name, or one computing the same.
+  """
+  name: str
+  conv_general_dilated: Callable[..., jax.Array]
+  max_pool: Callable[..., jax.Array]
+  batch_norm: type[nn.Module]
+  squared_norms: Callable[[Any], jax.Array]
+  clip_by_global_norm: Callable[[float], optax.GradientTransformation]
+
+
+LAX = Kernels('lax', lax.conv_general_dilated, _max_pool, nn.BatchNorm, _squared_norms,
+              optax.clip_by_global_norm)
+CPU = Kernels('cpu', xla_cpu.conv_general_dilated, xla_cpu.max_pool, xla_cpu.BatchNorm, xla_cpu.squared_norms,
+              xla_cpu.clip_by_global_norm)
+
+
+def check(kernels: str) -> str:
+  """`kernels`, or one clear error naming the valid settings."""
+  if kernels not in KERNELS:
+    raise ValueError(f"kernels must be 'auto', 'lax' or 'cpu', got {kernels!r}")
+  return kernels
+
+
+def resolve(kernels: str) -> str:
+  """'lax' or 'cpu': `auto` becomes `cpu` on the CPU backend (jax's default backend now), `lax` elsewhere."""
+  if check(kernels) == 'auto':
+    return 'cpu' if jax.default_backend() == 'cpu' else 'lax'
+  return kernels
+
+
+def get(kernels: str) -> Kernels:
+  """The implementations of a setting ('auto' resolved now)."""
+  return CPU if resolve(kernels) == 'cpu' else LAX

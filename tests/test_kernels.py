@@ -1,0 +1,111 @@
+"""The `kernels` switch: 'lax' is stock flax/optax/lax, 'cpu' the XLA:CPU formulations, 'auto' picks by
+backend; both compute the same training step."""
+
+import collections
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax import lax
+
+from experiments.configs import base
+from inception_jax import kernels, models, train, xla_cpu
+from tiny_config import TinyInception
+
+
+def test_auto_is_cpu_on_the_cpu_backend_and_lax_on_any_other(monkeypatch):
+  assert kernels.resolve('auto') == 'cpu'   # the suite runs on the CPU
+  for backend in ('gpu', 'tpu', 'cuda', 'rocm'):
+    monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+    assert kernels.resolve('auto') == 'lax'
+    assert kernels.get('auto') is kernels.LAX
+  assert kernels.get('cpu') is kernels.CPU   # an explicit setting holds on any backend
+
+
+def test_lax_is_stock_flax_optax_and_lax():
+  assert kernels.LAX.conv_general_dilated is lax.conv_general_dilated
+  assert kernels.LAX.batch_norm is nn.BatchNorm
+  assert kernels.LAX.clip_by_global_norm is optax.clip_by_global_norm
+  assert kernels.CPU.batch_norm is xla_cpu.BatchNorm
+
+
+@pytest.mark.parametrize('bad', ['gpu', 'LAX', ''])
+def test_an_unknown_setting_is_one_clear_error(bad):
+  with pytest.raises(ValueError, match=r"kernels must be 'auto', 'lax' or 'cpu', got"):
+    models.create_model('inception_v3', kernels=bad)
+  config = base.get_config()
+  config.kernels = bad
+  with pytest.raises(ValueError, match=r"kernels must be 'auto', 'lax' or 'cpu'"):
+    train.build_model(config, num_classes=10)
+
+
+def _primitives(jaxpr) -> collections.Counter:
+  """Primitive names of a jaxpr, counted inside nested calls (custom_vjp, remat, pjit) too."""
+  counts = collections.Counter()
+  for e in jaxpr.eqns:
+    counts[e.primitive.name] += 1
+    for value in e.params.values():
+      for inner in (value if isinstance(value, (tuple, list)) else (value,)):
+        inner = getattr(inner, 'jaxpr', inner)
+        if hasattr(inner, 'eqns'):
+          counts += _primitives(inner)
+  return counts
+
+
+def _training_gradient_primitives(name, setting):
+  info = models.model_info(name)
+  size = max(info.min_input_size, info.min_aux_input_size)
+  model = models.create_model(name, num_classes=5, kernels=setting)
+  x = jnp.zeros((2, size, size, 3))
+  variables = jax.eval_shape(lambda: model.init({'params': jax.random.key(0), 'dropout': jax.random.key(0)}, x,
+                                                train=True))
+
+  def loss(variables):
+    out, _ = model.apply(variables, x, train=True, rngs={'dropout': jax.random.key(1)}, mutable=['batch_stats'])
+    return jnp.sum(out.logits) + sum(jnp.sum(a) for a in out.aux_logits)
+
+  return _primitives(jax.make_jaxpr(jax.grad(loss))(variables).jaxpr)
+
+
+@pytest.mark.parametrize('name', models.list_models())
+def test_every_model_passes_the_setting_to_every_layer(name):
+  # Under 'lax' nothing of xla_cpu is left anywhere in the network (its formulations are custom
+  # gradients or matrix products standing in for convolutions); under 'cpu' the network is computed
+  # differently.
+  stock, tuned = (_training_gradient_primitives(name, k) for k in ('lax', 'cpu'))
+  assert not {p for p in stock if p.startswith('custom_vjp')}, f'{name}: a CPU formulation under lax'
+  assert stock != tuned
+
+
+def _step_results(setting):
+  config = base.get_config()
+  config.kernels = setting
+  config.optimizer, config.learning_rate, config.clip_norm = 'sgd', 0.1, 0.5   # the clip is active
+  config.label_smoothing, config.ema_decay = 0.1, 0.99
+  model = TinyInception(num_classes=5, kernels=setting, dtype=jnp.float64, param_dtype=jnp.float64)
+  tx, schedule = train.build_optimizer(config, total_steps=10, steps_per_epoch=10, global_batch=4)
+  state = train.init_state(model, tx, jax.random.key(0), image_size=18, ema=True)
+  step = jax.jit(train.make_train_step(model, tx, schedule, config))
+  x = jax.random.normal(jax.random.key(1), (4, 18, 18, 3), jnp.float64)
+  batch = {'image': x, 'label': jnp.array([0, 1, 2, 3])}
+  for _ in range(2):
+    state, metrics = step(state, batch, jax.random.key(2))
+  return state, metrics
+
+
+def test_lax_and_cpu_give_the_same_training_step_in_float64():
+  # A small Inception network (strided stem, 1×1/3×3/1×3 convolutions, average and max pools, a residual
+  # block), two steps of the full train step: loss, gradients' norm, clipping, update, BN statistics, EMA.
+  # (SGD: Adam would divide near-zero gradients by their own root and magnify rounding.)
+  with jax.enable_x64(True):
+    (stock, stock_metrics), (tuned, tuned_metrics) = (_step_results(k) for k in ('lax', 'cpu'))
+    assert stock.params['stem']['conv']['kernel'].dtype == jnp.float64
+    assert float(stock_metrics['l2_grads']) > 0.5   # clipping changed the update
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), stock, tuned)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), stock_metrics,
+                 tuned_metrics)
+    # Not the same by construction: the two settings ran different programs.
+    assert stock_metrics.keys() == tuned_metrics.keys()
