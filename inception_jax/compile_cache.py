@@ -12,8 +12,12 @@ built from, before any tracing:
     instruction-set extensions the executable may use).
 
 A change to any of these is a miss. An entry that fails to load is compiled afresh and replaced; one
-that cannot be written leaves the compiled step in use. Entries are pickles of XLA executables: load
-only a directory you wrote yourself (as with any pickle). Only single-process runs use it.
+that cannot be written leaves the compiled step in use. Only single-process runs use it.
+
+Entries are pickles (JAX's serialised executable and its argument trees), and unpickling runs whatever
+the file says. So an entry is loaded only from a directory that this user owns and no one else can write,
+and only when the entry itself is such a file; otherwise one warning says why and the step is compiled
+(and nothing is written there). Which directory that is, is the user's choice (`$JAX_COMPILATION_CACHE_DIR`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import json
 import os
 import pickle
 import platform
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -114,7 +119,12 @@ def load_or_compile(jitted, args: tuple, *, description: str, directory: str,
   devices = list(devices)
   if jax.process_count() > 1:
     return jitted.lower(*args).compile(), False
+  os.makedirs(directory, mode=0o700, exist_ok=True)
   path = os.path.join(directory, cache_key(description, args, devices) + '.pkl')
+  unsafe = untrusted(directory) or (untrusted(path) if os.path.exists(path) else None)
+  if unsafe:
+    print(f'compile cache: not using {directory}: {unsafe}; compiling instead', file=sys.stderr, flush=True)
+    return jitted.lower(*args).compile(), False
   if os.path.exists(path):
     try:
       with open(path, 'rb') as f:
@@ -130,7 +140,6 @@ def load_or_compile(jitted, args: tuple, *, description: str, directory: str,
   temporary = None
   try:
     blob = pickle.dumps(serialize_executable.serialize(compiled))
-    os.makedirs(directory, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=directory, suffix='.tmp', delete=False) as f:
       temporary = f.name
       f.write(blob)
@@ -143,6 +152,17 @@ def load_or_compile(jitted, args: tuple, *, description: str, directory: str,
     if temporary is not None:
       Path(temporary).unlink(missing_ok=True)
   return compiled, False
+
+
+def untrusted(path: str) -> str | None:
+  """Why a cache file or directory could hold code someone else put there (None when it cannot): it
+  belongs to another user, or a group or other users may write it."""
+  info = os.stat(path)
+  if info.st_uid != os.getuid():
+    return f'{path} belongs to another user (uid {info.st_uid})'
+  if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    return f'{path} is writable by its group or by other users (mode {stat.filemode(info.st_mode)})'
+  return None
 
 
 def _one_line(e: Exception) -> str:

@@ -98,3 +98,27 @@ def test_only_the_newest_entries_are_kept(tmp_path, monkeypatch):
   assert len(list(tmp_path.glob('*.pkl'))) == 2
   assert not load(tmp_path, arguments=args(2))[1]   # the oldest was removed
   assert load(tmp_path, arguments=args(4))[1]
+
+
+@pytest.mark.parametrize('what', ['directory', 'entry'])
+def test_an_entry_others_could_have_written_is_never_unpickled(tmp_path, capsys, monkeypatch, what):
+  load(tmp_path)
+  entry, = tmp_path.glob('*.pkl')
+  os.chmod(tmp_path if what == 'directory' else entry, 0o777 if what == 'directory' else 0o666)
+  loads = []
+  monkeypatch.setattr(compile_cache.pickle, 'load', lambda f: loads.append(f))
+  compiled, loaded, traces = load(tmp_path)
+  assert not loaded and traces == [1] and loads == []
+  message = capsys.readouterr().err.strip().splitlines()
+  assert len(message) == 1 and 'writable by its group or by other users' in message[0]
+  assert 'compiling instead' in message[0]
+  state, x = args()
+  np.testing.assert_allclose(compiled(state, x)[1], np.mean(np.asarray(x) ** 2))   # the compiled step works
+
+
+def test_an_entry_of_another_user_is_never_unpickled(tmp_path, capsys, monkeypatch):
+  load(tmp_path)
+  monkeypatch.setattr(compile_cache.os, 'getuid', lambda: os.stat(tmp_path).st_uid + 1)  # someone else now
+  _, loaded, traces = load(tmp_path)
+  assert not loaded and traces == [1]
+  assert 'belongs to another user' in capsys.readouterr().err
