@@ -14,7 +14,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -40,10 +40,42 @@ class TrainState:
   opt_state: PyTree
   ema_params: PyTree        # Polyak average of params ({} when EMA is off)
   ema_batch_stats: PyTree   # BN statistics collected alongside it
-  # Steps whose input, loss or gradients had a NaN or an infinity: (how many, the first one's step, the
-  # first quantity that was, see `nonfinite_quantities`, and how many were), -1 while there was none.
-  # Such steps change nothing else.
+  # Steps whose input, loss or gradients had a NaN or an infinity, as a `NonFinite` record stored as four
+  # int32s (the layout checkpoints have always had).
   nonfinite: jax.Array
+
+
+class NonFinite(NamedTuple):
+  """What the steps with a NaN or an infinity in their input, loss or gradients were.
+
+  Attributes:
+    count: how many steps had one.
+    first_step: the first such step's number (its updates done before it), -1 while there was none.
+    first_quantity: the first non-finite quantity of that step, an index into `nonfinite_quantities`.
+    quantities: how many of that step's quantities were non-finite.
+  """
+  count: Any
+  first_step: Any
+  first_quantity: Any
+  quantities: Any
+
+  NONE = (0, -1, -1, -1)
+
+  @classmethod
+  def of(cls, state: 'TrainState') -> 'NonFinite':
+    return cls(*(state.nonfinite[i] for i in range(4)))
+
+  def stored(self) -> jax.Array:
+    return jnp.stack([jnp.asarray(v, jnp.int32) for v in self])
+
+
+class Weights(NamedTuple):
+  """What one update changes besides the step number: the weights, the optimizer's state, the averages."""
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: PyTree
+  ema_params: PyTree
+  ema_batch_stats: PyTree
 
 
 # --- durations --------------------------------------------------------------------------------------------
@@ -119,7 +151,7 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Arra
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                     opt_state=tx.init(params), ema_params=params if ema else {},
                     ema_batch_stats=batch_stats if ema else {},
-                    nonfinite=jnp.array([0, -1, -1, -1], jnp.int32))
+                    nonfinite=jnp.array(NonFinite.NONE, jnp.int32))
 
 
 def init_from_checkpoint(state: TrainState, path: str, num_classes: int, ema: bool) -> TrainState:
@@ -181,7 +213,7 @@ def _graft(target: PyTree, source: PyTree, num_classes: int, path: str, fresh: l
 
 def nonfinite_quantities(params: PyTree) -> list[str]:
   """What the step checks for NaN and infinity, in order: its input, its loss, then the gradient of each
-  parameter array (in the order of `jax.tree.leaves`). `TrainState.nonfinite[2]` indexes this list."""
+  parameter array (in the order of `jax.tree.leaves`). `NonFinite.first_quantity` indexes this list."""
   paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   return ['input images', 'loss'] + ['gradient of ' + '/'.join(str(k.key) for k in path) for path in paths]
 
@@ -228,13 +260,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
                                                              axis_name)
       input_finite = jax.lax.pmin(input_finite.astype(jnp.int32), axis_name).astype(bool)
     # A gradient array is non-finite when its squared norm is: it holds a NaN or an infinity, or its
-    # values reach ~1e19. (The norms are needed for the metrics anyway; a second reduction per array
-    # would add minutes to XLA's compilation of the step.)
+    # values reach ~1e19. (The norms are logged anyway; one more reduction per array costs compile time.)
     grad_norms = squared_norms(grads)
     finite = jnp.concatenate([jnp.stack([input_finite, jnp.isfinite(loss)]), jnp.isfinite(grad_norms)])
     ok = jnp.all(finite)
 
-    def apply(grads, batch_stats):
+    def update(grads, batch_stats) -> tuple[Weights, jax.Array]:
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
       ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
@@ -242,32 +273,31 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         decay = optim.ema_decay_at(state.step, config.ema_decay) if config.ema_warmup else config.ema_decay
         ema_params = optim.ema_update(ema_params, params, decay)
         ema_batch_stats = optim.ema_update(ema_batch_stats, batch_stats, decay)
-      return (params, batch_stats, opt_state, ema_params, ema_batch_stats), l2(updates)
+      return Weights(params, batch_stats, opt_state, ema_params, ema_batch_stats), l2(updates)
 
-    def keep(grads, batch_stats):
+    def keep(grads, batch_stats) -> tuple[Weights, jax.Array]:
       del grads, batch_stats
-      return ((state.params, state.batch_stats, state.opt_state, state.ema_params, state.ema_batch_stats),
-              jnp.zeros((), jnp.float32))
+      return (Weights(state.params, state.batch_stats, state.opt_state, state.ema_params,
+                      state.ema_batch_stats), jnp.zeros((), jnp.float32))
 
-    # A step with a non-finite input, loss or gradient is counted. Skipping it (keeping the old state) is
-    # an option, as it costs: a conditional around the update doubles XLA:CPU's compile time (and a
-    # select per array, all waiting on every gradient's norm, takes it minutes). Without it the loop
-    # stops at the next log step or checkpoint, before anything non-finite is written.
+    # Without skip_nonfinite_steps a non-finite step is applied and counted, and the loop stops at the next
+    # log step or checkpoint, before anything non-finite is written. Skipping is an option because the
+    # conditional doubles XLA:CPU's compile time of the step.
     if config.get('skip_nonfinite_steps'):
-      (params, batch_stats, opt_state, ema_params, ema_batch_stats), l2_updates = jax.lax.cond(
-          ok, apply, keep, grads, batch_stats)
+      weights, l2_updates = jax.lax.cond(ok, update, keep, grads, batch_stats)
     else:
-      (params, batch_stats, opt_state, ema_params, ema_batch_stats), l2_updates = apply(grads, batch_stats)
-    count = state.nonfinite[0]
-    first = (count == 0) & ~ok
-    nonfinite = jnp.where(first, jnp.stack([count, state.step, jnp.argmin(finite).astype(jnp.int32),
-                                            jnp.sum(~finite, dtype=jnp.int32)]), state.nonfinite)
-    nonfinite = nonfinite.at[0].add((~ok).astype(jnp.int32))
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
-                              ema_params=ema_params, ema_batch_stats=ema_batch_stats, nonfinite=nonfinite)
+      weights, l2_updates = update(grads, batch_stats)
+    record = NonFinite.of(state)
+    first = (record.count == 0) & ~ok
+    record = NonFinite(
+        count=record.count + (~ok).astype(jnp.int32),
+        first_step=jnp.where(first, state.step, record.first_step),
+        first_quantity=jnp.where(first, jnp.argmin(finite).astype(jnp.int32), record.first_quantity),
+        quantities=jnp.where(first, jnp.sum(~finite, dtype=jnp.int32), record.quantities))
+    new_state = state.replace(step=state.step + 1, nonfinite=record.stored(), **weights._asdict())
     metrics = {'loss': loss, **{f'loss_{k}': v for k, v in parts.items()}, 'top1': top1,
                'learning_rate': schedule(state.step), 'l2_grads': jnp.sqrt(jnp.sum(grad_norms)),
-               'l2_params': l2(params), 'l2_updates': l2_updates}
+               'l2_params': l2(weights.params), 'l2_updates': l2_updates}
     return new_state, metrics
 
   return train_step
@@ -380,15 +410,15 @@ class PreemptionNotice:
 def check_nonfinite(state: TrainState, skip: bool, last_checkpoint: int | None) -> int:
   """The number of steps so far with a NaN or infinity in their input, loss or gradients; without `skip`
   any is an error naming the first. Input is a `ValueError` (bad data), the rest `FloatingPointError`."""
-  count, step, what, how_many = (int(v) for v in jax.device_get(state.nonfinite))
-  if count == 0 or skip:
-    return count
-  quantity = nonfinite_quantities(state.params)[what]
-  others = f' (and {how_many - 1} more quantities)' if how_many > 1 else ''
+  record = NonFinite(*(int(v) for v in jax.device_get(state.nonfinite)))
+  if record.count == 0 or skip:
+    return record.count
+  quantity = nonfinite_quantities(state.params)[record.first_quantity]
+  others = f' (and {record.quantities - 1} more quantities)' if record.quantities > 1 else ''
   kept = (f'the newest checkpoint, step {last_checkpoint}, is from before it' if last_checkpoint
           else 'no checkpoint was written')
   error = ValueError if quantity == 'input images' else FloatingPointError
-  raise error(f'non-finite {quantity}{others} at step {step + 1}; the run stopped and saved nothing from that '
+  raise error(f'non-finite {quantity}{others} at step {record.first_step + 1}; the run stopped and saved nothing from that '
               f'step on: {kept}. '
               '--config.skip_nonfinite_steps=True skips such steps instead')
 
