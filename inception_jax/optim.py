@@ -196,12 +196,7 @@ def staircase_exponential(base_lr: float, decay_rate: float, decay_steps: int) -
   if not (isinstance(decay_rate, (int, float)) and 0 < decay_rate <= 1):
     raise ValueError(f'decay_rate must be in (0, 1], got {decay_rate!r}')
   _check_steps('decay_steps', decay_steps)
-
-  def schedule(step):
-    drops = jnp.floor_divide(jnp.asarray(step), decay_steps).astype(jnp.float32)
-    return jnp.float32(base_lr) * jnp.power(jnp.float32(decay_rate), drops)
-
-  return schedule
+  return optax.exponential_decay(base_lr, decay_steps, decay_rate, staircase=True)
 
 
 def cosine(base_lr: float, total_steps: int) -> Schedule:
@@ -220,22 +215,15 @@ def constant(base_lr: float) -> Schedule:
 def with_warmup(schedule: Schedule, warmup_steps: int) -> Schedule:
   """Linear warmup from 0 to schedule(0) over `warmup_steps`, then `schedule` counted from the warmup's end.
 
-  As in flax's ImageNet example (optax.join_schedules of a linear ramp and the decay): the rate is 0 at
-  step 0 and reaches schedule(0) at step `warmup_steps`, where the main schedule starts at its own step 0,
-  so its decay is not eaten by the warmup. `create_schedule` shortens a cosine by the warmup so that it
-  still ends at the last step.
+  As in flax's ImageNet example: the rate is 0 at step 0 and reaches schedule(0) at step `warmup_steps`,
+  where the main schedule starts at its own step 0, so its decay is not eaten by the warmup.
+  `create_schedule` shortens a cosine by the warmup so that it still ends at the last step.
   """
   _check_steps('warmup_steps', warmup_steps, minimum=0)
   if warmup_steps == 0:
     return schedule
-  peak = schedule(0)
-
-  def warmed_up(step):
-    step = jnp.asarray(step)
-    ramp = peak * step.astype(jnp.float32) / warmup_steps
-    return jnp.where(step < warmup_steps, ramp, schedule(step - warmup_steps))
-
-  return warmed_up
+  ramp = optax.linear_schedule(0.0, schedule(0), warmup_steps)
+  return optax.join_schedules([ramp, schedule], [warmup_steps])
 
 
 def create_schedule(
