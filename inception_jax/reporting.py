@@ -10,6 +10,7 @@ import os
 import time
 from typing import Any
 
+import flax
 import jax
 from clu import metric_writers
 
@@ -27,8 +28,8 @@ class Reporter:
     if self.writes:
       with open(os.path.join(workdir, 'config.json'), 'w') as f:
         json.dump(config, f, indent=2, sort_keys=True, default=str)
-      self.writer.write_hparams({k: v for k, v in _flatten(config).items()
-                                 if isinstance(v, (int, float, str, bool))})
+      flat = flax.traverse_util.flatten_dict(config, sep='.')
+      self.writer.write_hparams({k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool))})
 
   def start(self, step: int) -> None:
     self._t0, self._step0 = time.perf_counter(), step
@@ -56,16 +57,6 @@ class Reporter:
     self.writer.close()
     if self.jsonl:
       self.jsonl.close()
-
-
-def _flatten(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
 
 
 def _duration(seconds: float) -> str:
