@@ -102,36 +102,44 @@ def read_weights(path: str) -> dict[str, Any]:
   `checkpoints/` directory (the newest step is read) or one step directory in it; a directory of converted
   pretrained weights (`python -m experiments.convert`); or a directory that `ocp.StandardCheckpointer`
   wrote a `{'params': ..., 'batch_stats': ...}` tree to (exported weights)."""
-  item = _weights_item(os.path.abspath(path))
-  if item is None:
-    raise ValueError(f'init_from {path!r}: no checkpoint there (give a workdir, its checkpoints/ '
-                     'directory, one step directory in it, a directory of converted weights, or a '
-                     'directory of weights saved with orbax)')
-  checkpointer = ocp.StandardCheckpointer()
-  metadata = dict(checkpointer.metadata(item).item_metadata)
-  if 'params' not in metadata:
-    raise ValueError(f'init_from {path!r}: the checkpoint has no params (top-level keys: '
-                     f'{", ".join(sorted(metadata))})')
-  # Orbax restores whole trees only; numpy targets keep it off the devices.
-  target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metadata)
-  restored = checkpointer.restore(item, target)
-  return {'params': restored['params'], 'batch_stats': restored.get('batch_stats', {})}
-
-
-def _weights_item(directory: str) -> str | None:
-  """The orbax item directory under `directory`, or None."""
+  directory = os.path.abspath(path)
   for inner in ('checkpoints', 'variables'):  # a run's workdir; converted weights (model.json + variables)
     if os.path.isdir(os.path.join(directory, inner)):
       directory = os.path.join(directory, inner)
       break
-  if not os.path.isdir(directory):
-    return None
-  steps = [int(d) for d in os.listdir(directory)
-           if d.isdigit() and os.path.isdir(os.path.join(directory, d, 'default'))]
-  if steps:  # a CheckpointManager's directory: its newest step
-    directory = os.path.join(directory, str(max(steps)))
-  if os.path.isdir(os.path.join(directory, 'default')):  # one step of it
-    return os.path.join(directory, 'default')
-  if os.path.exists(os.path.join(directory, '_CHECKPOINT_METADATA')):  # a StandardCheckpointer item
-    return directory
-  return None
+  metadata, restore = _weights_reader(directory) if os.path.isdir(directory) else (None, None)
+  if metadata is None:
+    raise ValueError(f'init_from {path!r}: no checkpoint there (give a workdir, its checkpoints/ '
+                     'directory, one step directory in it, a directory of converted weights, or a '
+                     'directory of weights saved with orbax)')
+  if 'params' not in metadata:
+    raise ValueError(f'init_from {path!r}: the checkpoint has no params (top-level keys: '
+                     f'{", ".join(sorted(metadata))})')
+  # Orbax restores whole trees only; numpy targets keep it off the devices.
+  restored = restore(jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metadata))
+  return {'params': restored['params'], 'batch_stats': restored.get('batch_stats', {})}
+
+
+def _weights_reader(directory: str) -> tuple[dict | None, Any]:
+  """(the tree's metadata, a function restoring it into a target) for the checkpoint in `directory`: the
+  newest step of a CheckpointManager's directory, one step of one (its parent is the manager's), or a
+  StandardCheckpointer's item; (None, None) when there is none."""
+  name = os.path.basename(directory)
+  for root, step in ((directory, None), (os.path.dirname(directory), int(name) if name.isdigit() else -1)):
+    if step == -1:
+      continue
+    manager = ocp.CheckpointManager(root, item_handlers=ocp.StandardCheckpointHandler(),
+                                    options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    steps = manager.all_steps()
+    if steps and (step is None or step in steps):
+      step = max(steps) if step is None else step
+      return (dict(manager.item_metadata(step)),
+              lambda target: manager.restore(step, args=ocp.args.StandardRestore(target)))
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    metadata = checkpointer.metadata(directory).item_metadata
+  except Exception:  # noqa: BLE001 — orbax raises several kinds for "not a checkpoint"
+    return None, None
+  if metadata is None:
+    return None, None
+  return dict(metadata), lambda target: checkpointer.restore(directory, target)
