@@ -17,6 +17,7 @@ import importlib.util
 import os
 import re
 import sys
+import time
 
 from absl import app, flags, logging
 import ml_collections
@@ -197,6 +198,7 @@ def main(argv):
     start_distributed()
   enable_compilation_cache()
   from inception_jax import train  # after flag parsing: keeps --help fast
+  start = time.perf_counter()
   try:
     _command_line_durations_win(_CONFIG.value, sys.argv)
     results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -215,6 +217,21 @@ def main(argv):
           f'top-1 {results["eval/top1"]:.2%}, top-5 {results["eval/top5"]:.2%}'
           + (f' (EMA weights: top-1 {results["eval_ema/top1"]:.2%})' if 'eval_ema/top1' in results else ''),
           flush=True)
+  print(f'wall time {_minutes(time.perf_counter() - start)} ({machine_speed()})', flush=True)
+
+
+def _minutes(seconds: float) -> str:
+  return f'{int(seconds // 60)}m{int(seconds % 60):02d}s'
+
+
+def machine_speed() -> str:
+  """What the devices can compute, to read a wall time by: on the CPU a 2048² float32 matrix product
+  measured now (a shared or throttled machine shows here), elsewhere the data sheet's peak."""
+  from inception_jax import hardware
+  flops, where = hardware.peak_flops('float32')
+  if where == 'measured matrix product':
+    return f'2048² float32 matrix product on this machine: {flops / 1e9:,.0f} GFLOP/s'
+  return f'{flops / 1e12:,.0f} TFLOP/s float32 peak, {where}'
 
 
 if __name__ == '__main__':

@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -147,6 +148,9 @@ def test_preset_path_form_and_overrides(tmp_path, fashion_dir):
                 JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'cache'))
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'final test accuracy over all 13 examples' in result.stdout
+  # The wall time, with what this machine computes to read it by.
+  assert re.search(r'^wall time \d+m\d\ds \(2048² float32 matrix product on this machine: [\d,]+ GFLOP/s\)$',
+                   result.stdout, re.M), result.stdout[-500:]
   saved = json.load(open(tmp_path / 'w' / 'config.json'))
   assert saved['model'] == 'bn_inception' and saved['model_overrides']['dropout_rate'] == 0.0
   assert any((tmp_path / 'cache').iterdir())   # the compiled programs, for a resumed run
