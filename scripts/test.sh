@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # The test command: sets everything up (scripts/setup.sh), then runs pytest over tests/ on all cores.
-# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k inception_v3`).
+# `--quick` first: the quick tier, which leaves out the tests marked `slow` (every module keeps some).
+# Further arguments go to pytest (e.g. `bash scripts/test.sh -k inception_v3`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+tier=()
+if [ "${1:-}" = --quick ]; then
+  shift
+  tier=(-m 'not slow')
+fi
 bash scripts/setup.sh
 workers=$(nproc 2>/dev/null || echo 2)
-exec .venv/bin/python -m pytest -q -n "$workers" --durations=15 tests "$@"
+exec .venv/bin/python -m pytest -q -n "$workers" --durations=15 "${tier[@]}" tests "$@"

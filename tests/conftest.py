@@ -39,6 +39,10 @@ import pytest  # noqa: E402
 from tiny_config import tiny_config  # noqa: E402,F401  (shared by the test modules)
 
 
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'slow: left out of the quick tier (`bash scripts/test.sh --quick`)')
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -5,7 +5,7 @@ Each case runs in its own directory holding a copy of a finished run (run/) and 
 stand-in it trained on (idx/), plus whatever the case's command line names ({placeholders} below, made
 on first use). Training cases point --workdir at the finished run unless they are about the workdir
 itself; afterwards every file in the directory is byte for byte what it was, and no file was added. The
-README's "Bad input" table lists the same cases.
+table in docs/reliability.md lists the same cases.
 """
 
 import os
@@ -244,8 +244,8 @@ def test_paths_are_used_as_given_and_never_run_as_shell(tmp_path, finished_run):
   assert not list(tmp_path.rglob('PWNED')) and not os.path.exists(os.path.join(ROOT, 'PWNED'))
 
 
-def test_the_readme_table_has_one_row_per_case():
-  with open(os.path.join(ROOT, 'README.md')) as f:
+def test_the_documented_table_has_one_row_per_case():
+  with open(os.path.join(ROOT, 'docs', 'reliability.md')) as f:
     section = f.read().split('\n## Bad input\n')[1].split('\n## ')[0]
   rows = [line.split(' | ')[0].removeprefix('| ').replace('`', '') for line in section.splitlines()
           if line.startswith('| ') and not line.startswith('| case |')]
