@@ -65,6 +65,53 @@ def write_idx(path, array):
     f.write(header + array.astype(np.uint8).tobytes())
 
 
+# Synsets of ILSVRC-2012 (TFDS's label order) and the sizes a photo collection has: wide, tall, small,
+# one grayscale image per synset (ImageNet has ~20 in each split).
+ILSVRC_SYNSETS = ('n01440764', 'n01443537', 'n02099601')
+ILSVRC_SIZES = ((500, 375), (375, 500), (120, 90), (333, 333), (640, 427), (64, 80))
+
+
+def _jpeg(size, gray, seed):
+  import io
+  from PIL import Image
+  rng = np.random.default_rng(seed)
+  coarse = rng.integers(0, 256, (max(1, size[1] // 16), max(1, size[0] // 16), 3), dtype=np.uint8)
+  image = Image.fromarray(coarse).resize(size, Image.BILINEAR)
+  buffer = io.BytesIO()
+  (image.convert('L') if gray else image).save(buffer, 'JPEG', quality=85)
+  return buffer.getvalue()
+
+
+def _add(tar, name, payload):
+  import io
+  import tarfile
+  info = tarfile.TarInfo(name)
+  info.size = len(payload)
+  tar.addfile(info, io.BytesIO(payload))
+
+
+def write_ilsvrc_tars(manual_dir, per_synset=6, val_images=11):
+  """ILSVRC2012_img_train.tar (one tar per synset, `per_synset` JPEGs each, named like the real ones)
+  and ILSVRC2012_img_val.tar (ILSVRC2012_val_00000001.JPEG, ...: TFDS labels them from its bundled list
+  by name) in `manual_dir`, as a user downloads them. Returns the two paths."""
+  import io
+  import tarfile
+  os.makedirs(manual_dir, exist_ok=True)
+  train = os.path.join(manual_dir, 'ILSVRC2012_img_train.tar')
+  with tarfile.open(train, 'w') as outer:
+    for k, synset in enumerate(ILSVRC_SYNSETS):
+      inner = io.BytesIO()
+      with tarfile.open(fileobj=inner, mode='w') as tar:
+        for i in range(per_synset):
+          _add(tar, f'{synset}_{1000 + i}.JPEG', _jpeg(ILSVRC_SIZES[i % len(ILSVRC_SIZES)], i == 2, 10 * k + i))
+      _add(outer, f'{synset}.tar', inner.getvalue())
+  val = os.path.join(manual_dir, 'ILSVRC2012_img_val.tar')
+  with tarfile.open(val, 'w') as tar:
+    for i in range(1, val_images + 1):
+      _add(tar, f'ILSVRC2012_val_{i:08d}.JPEG', _jpeg(ILSVRC_SIZES[i % len(ILSVRC_SIZES)], i == 3, 1000 + i))
+  return train, val
+
+
 @pytest.fixture
 def fashion_dir(tmp_path):
   """Fashion-MNIST-format IDX files (40 train, 13 test) whose image i is filled with 2*i, label i % 10."""

@@ -16,7 +16,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_module, write_idx
+from conftest import ROOT, run_module, write_idx, write_ilsvrc_tars
 
 # The smallest run: LeNet at 32 pixels, two steps of 8 images of the 40-image Fashion-MNIST stand-in.
 TINY = {'model': 'lenet', 'image_size': 32, 'total_steps': 2, 'batch_size': 8, 'eval_batch_size': 8,
@@ -59,6 +59,8 @@ CASES = {
                         'valid sources: fashion_mnist, imagenet2012, imagefolder:DIR'),
     'missing ImageNet files': (train_cli(dataset='imagenet2012', data_dir='{empty_dir}'),
                                'ImageNet is not prepared', 'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar'),
+    'half-copied ImageNet tar': (train_cli(dataset='imagenet2012', data_dir='{half_copied_imagenet}'),
+                                 'ILSVRC2012_img_train.tar is not a whole tar file', 'Copy it again'),
     'missing ImageFolder': (train_cli(dataset='imagefolder:{tmp}/nowhere'), 'nowhere', 'does not exist'),
     'empty ImageFolder': (train_cli(dataset='imagefolder:{empty_dir}'), 'has no images',
                           'expected one sub-folder per class'),
@@ -154,6 +156,13 @@ def pickle_payload(path, marker):
   return path
 
 
+def half_copied_imagenet(root):
+  """A data_dir whose train tar stops halfway, as a copy that was interrupted leaves it."""
+  train_tar, _ = write_ilsvrc_tars(root / 'imagenet' / 'downloads' / 'manual', per_synset=2, val_images=2)
+  truncated(train_tar)
+  return root / 'imagenet'
+
+
 def empty_dir(root):
   os.makedirs(root / 'empty')
   return root / 'empty'
@@ -166,6 +175,7 @@ def a_file(root):
 
 MAKERS = {
     'empty_dir': empty_dir,
+    'half_copied_imagenet': half_copied_imagenet,
     'file': a_file,
     'bad_labels': lambda root: fashion_stand_in(root / 'bad_labels', {2: 12}),
     'corrupt_folder': lambda root: corrupt_folder(root / 'images'),
@@ -214,6 +224,7 @@ def finished_run(tmp_path_factory):
 # --- the specification -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', list(CASES))
 def test_bad_input_is_one_error_line_exit_status_2_and_nothing_lost(case, tmp_path, finished_run):
   command, says, valid = CASES[case]
@@ -231,6 +242,7 @@ def test_bad_input_is_one_error_line_exit_status_2_and_nothing_lost(case, tmp_pa
   assert files_under(tmp_path) == before  # the run's checkpoint and metrics, the data, every other file
 
 
+@pytest.mark.slow
 def test_paths_are_used_as_given_and_never_run_as_shell(tmp_path, finished_run):
   """A workdir, data_dir and init_from full of shell syntax name the directories they spell: the run
   starts from init_from's weights, reads data_dir, writes the workdir, and nothing is executed."""

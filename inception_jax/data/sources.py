@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import struct
+import tarfile
 import zlib
 from typing import Callable
 
@@ -299,8 +300,22 @@ def imagenet(data_dir: str | None = None, manual_dir: str | None = None) -> Sour
     if missing:
       raise ValueError(f'ImageNet is not prepared and {manual_dir} lacks {" and ".join(missing)}: download '
                        'the ILSVRC2012 tars into that folder (the first run prepares the dataset from them)')
+    for tar in IMAGENET_TARS:
+      check_tar(os.path.join(manual_dir, tar))
   return tfds_source('imagenet2012', data_dir,
                      tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None)
+
+
+def check_tar(path: str) -> None:
+  """One clear error for a tar that is cut short (a download or copy that stopped) or not a tar at all,
+  before hours of preparation fail on it. Reads the member headers only (seeking past the contents)."""
+  try:
+    with tarfile.open(path, 'r:') as tar:
+      if not tar.getmembers():
+        raise tarfile.ReadError('it holds no files')
+  except (tarfile.TarError, EOFError, OSError) as e:
+    raise ValueError(f'{path} is not a whole tar file ({e}): a download or copy cut short? Copy it again '
+                     '(its size should be the one the download page gives)') from None
 
 
 def create_source(name: str, data_dir: str | None = None, **options) -> Source:
