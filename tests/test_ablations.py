@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from conftest import run_module
 
 
+@pytest.mark.slow
 def test_two_rows_end_to_end_and_resumable(tmp_path, fashion_dir):
   workdir = tmp_path / 'sweep'
   args = ('--table=googlenet_aux', f'--workdir={workdir}', '--steps=2', f'--data_dir={fashion_dir}')

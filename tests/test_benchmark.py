@@ -27,6 +27,7 @@ def test_prints_finite_numbers_and_a_json_last_line(tmp_path):
       record['flops_per_step'] / (record['step_ms'] / 1e3) / record['peak_flops'])
 
 
+@pytest.mark.slow
 def test_a_second_run_reuses_the_compilation_cache(tmp_path):
   first = _record(run_module('experiments.benchmark', *TINY, JAX_COMPILATION_CACHE_DIR=str(tmp_path)))
   assert first['cache_hits'] == 0 and not first['executable_loaded']
@@ -36,6 +37,7 @@ def test_a_second_run_reuses_the_compilation_cache(tmp_path):
   assert second['train_loss'] == first['train_loss']   # ... is the same program
 
 
+@pytest.mark.slow
 def test_torchvision_peer_is_timed_in_the_same_setup(tmp_path):
   record = _record(run_module('experiments.benchmark', '--model=googlenet', '--aux=off', '--batch=2',
                               '--size=64', '--steps=1', '--warmup=0', '--peer=torchvision', '--json',
@@ -44,6 +46,7 @@ def test_torchvision_peer_is_timed_in_the_same_setup(tmp_path):
   assert 0 < record['mfu'] < 1
 
 
+@pytest.mark.slow
 def test_keras_peer_trains_its_own_network_with_the_jax_backend(tmp_path):
   record = _record(run_module('experiments.benchmark', '--model=v3', '--batch=2', '--size=75', '--steps=1',
                               '--warmup=0', '--peer=keras', '--json', KERAS_BACKEND='',
@@ -68,6 +71,7 @@ def test_bad_input_is_one_clear_error(args, message):
   assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_max_batch_is_the_largest_that_fits_with_and_without_remat(tmp_path):
   records = {}
   for remat in ([], ['--remat=dots']):
@@ -83,6 +87,7 @@ def test_max_batch_is_the_largest_that_fits_with_and_without_remat(tmp_path):
   assert 0 < records[True]['saved_bytes_per_image'] < records[False]['saved_bytes_per_image']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('remat,at_most', [('blocks', 0.75), ('dots', 0.5)])
 def test_remat_shrinks_what_the_backward_pass_keeps(remat, at_most):
   # Measured on the program JAX hands to the compiler, so it holds for any backend (XLA:CPU may still

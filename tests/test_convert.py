@@ -97,6 +97,7 @@ TORCH_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('source', sorted(TORCH_CASES))
 def test_torch_logits_equal_the_peers(source, tmp_path):
   make, name, form, calibration_size, plain = TORCH_CASES[source]
@@ -171,6 +172,7 @@ KERAS_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('source', sorted(KERAS_CASES))
 def test_keras_logits_equal_the_peers(source, tmp_path):
   build, name, plain = KERAS_CASES[source]
@@ -185,6 +187,7 @@ def test_keras_logits_equal_the_peers(source, tmp_path):
                                err_msg=f'kernels={kernels}')
 
 
+@pytest.mark.slow
 def test_keras_numbered_names_may_start_anywhere(tmp_path):
   """A process that built other models first names the layers conv2d_94, ... (Keras 2 started at
   conv2d_1). Matching goes by creation order, not by the numbers."""

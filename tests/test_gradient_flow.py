@@ -142,6 +142,7 @@ def test_plots_and_summary_are_written(tmp_path, setup):
   assert 'aux1 (after block1)' in text and '2.00× a plain training step' in text
 
 
+@pytest.mark.slow
 def test_command_line_study_on_googlenet(tmp_path, fashion_dir):
   """End to end on a real model with two auxiliary heads: a few steps of the embedded dataset's format."""
   workdir = tmp_path / 'flow'

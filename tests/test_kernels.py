@@ -70,6 +70,7 @@ def _training_gradient_primitives(name, setting):
   return _primitives(jax.make_jaxpr(jax.grad(loss))(variables).jaxpr)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', models.list_models())
 def test_every_model_passes_the_setting_to_every_layer(name):
   # Under 'lax' nothing of xla_cpu is left anywhere in the network (its formulations are custom
@@ -96,6 +97,7 @@ def _step_results(setting):
   return state, metrics
 
 
+@pytest.mark.slow
 def test_lax_and_cpu_give_the_same_training_step_in_float64():
   # A small Inception network (strided stem, 1×1/3×3/1×3 convolutions, average and max pools, a residual
   # block), two steps of the full train step: loss, gradients' norm, clipping, update, BN statistics, EMA.

@@ -53,6 +53,7 @@ def test_system_means_the_system_malloc(choice):
   assert allocator == ('system' if choice == 'system' else 'tcmalloc')   # empty is the default, auto
 
 
+@pytest.mark.slow
 def test_the_benchmark_records_the_malloc_it_ran_on(tmp_path):
   result = run_module('experiments.benchmark', '--model=lenet', '--batch=8', '--size=28', '--steps=1',
                       '--warmup=0', '--json', '--no_cache', LD_PRELOAD='', INCEPTION_JAX_MALLOC='')

@@ -150,7 +150,7 @@ def block_norms(grads, head):
 
 
 @pytest.mark.parametrize('kernels', ['lax', 'cpu'])
-@pytest.mark.parametrize('name', ALL)
+@pytest.mark.parametrize('name', [pytest.param(n, marks=() if n == 'lenet' else pytest.mark.slow) for n in ALL])
 def test_real_passes(name, kernels):
   """One compiled program per model and `kernels` setting (compiling dominates), checked for each
   property below."""
@@ -217,6 +217,7 @@ def test_block_remat_keeps_every_variable_name_and_shape(name):
   assert shapes[True] == shapes[False]
 
 
+@pytest.mark.slow
 def test_block_remat_computes_the_same_loss_gradients_and_statistics():
   x = jax.random.normal(jax.random.key(1), (4, 18, 18, 3))
   results = []

@@ -73,6 +73,7 @@ def test_a_missing_trace_is_an_error(tmp_path):
     op_profile.profile_table(compiled.as_text(), str(tmp_path), steps=1)
 
 
+@pytest.mark.slow
 def test_the_benchmark_profiles_its_train_step(tmp_path):
   result = run_module('experiments.benchmark', '--model=lenet', '--batch=8', '--size=32', '--steps=1',
                       '--warmup=0', '--json', f'--profile={tmp_path / "profile"}',

@@ -52,6 +52,7 @@ def assert_bitwise_equal(a, b):
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_exits_75_within_seconds(tmp_path, fashion_dir):
   workdir = tmp_path / 'run'
   proc = start(cli(fashion_dir, workdir, '--config.total_steps=100000', '--config.log_every_steps=10'))
@@ -75,6 +76,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_75_within_seconds(tmp_path, fashi
   assert f'resumed from step {saved}' in resumed.stdout
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_bit_exact(tmp_path, fashion_dir):
   """A process killed at any moment (mid-step, mid-save, mid-cleanup of old checkpoints) and restarted
   with the same command ends with exactly the parameters of a run that was never interrupted."""
@@ -116,6 +118,7 @@ def _corrupt(step_dir, how):
         f.write(b'\x00garbage' * 7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('how', ['truncate', 'overwrite'])
 def test_corrupt_newest_checkpoint_is_reported_kept_aside_and_the_previous_one_used(tmp_path, fashion_dir,
                                                                                     capsys, how):
@@ -191,6 +194,7 @@ def test_a_gradient_overflow_is_counted_and_names_the_first_non_finite_gradient(
     train.check_nonfinite(state, skip=False, last_checkpoint=7)
 
 
+@pytest.mark.slow
 def test_divergence_stops_the_run_and_leaves_the_last_good_checkpoint(tmp_path, fashion_dir):
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(tiny_config(fashion_dir, total_steps=2, checkpoint_every_steps=1), workdir)
@@ -241,6 +245,7 @@ def test_a_disk_without_room_for_two_checkpoints_is_refused_before_the_first_ste
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints' / '1')
 
 
+@pytest.mark.slow
 def test_when_one_of_two_processes_dies_the_other_exits_with_an_error_in_bounded_time(tmp_path,
                                                                                        fashion_dir):
   from test_scaling import _free_port

@@ -18,6 +18,7 @@ def _records(workdir):
     return json.load(f)
 
 
+@pytest.mark.slow
 def test_weak_scaling_writes_json_table_and_plot(tmp_path):
   result = run_module('experiments.scaling', *TINY, '--devices=1,2,4', '--mode=weak', '--batch=4',
                       f'--workdir={tmp_path}')
@@ -66,6 +67,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_two_devices(tmp_path):
   """Two jax.distributed processes of one CPU device each (gloo collectives over TCP) train the same
   steps as one process with two devices: the losses after the same updates agree."""

@@ -41,6 +41,7 @@ def _seeds_cli(fashion_dir, workdir, *args):
                     *args, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_a_preset_over_seeds_runs_each_once_and_resumes(tmp_path, fashion_dir):
   workdir = tmp_path / 'w'
   first = _seeds_cli(fashion_dir, workdir, '--seeds=2', '--config.total_steps=3')

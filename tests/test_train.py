@@ -70,6 +70,7 @@ def learnable_dir(tmp_path):
   return str(d)
 
 
+@pytest.mark.slow
 def test_loss_decreases_over_twenty_steps(tmp_path, learnable_dir):
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(tiny_config(learnable_dir, total_steps=20, learning_rate=3e-3), workdir)
@@ -106,6 +107,7 @@ def _one_step(devices, bn_per_device=False, dtype='float32'):
   return jax.device_get(state), jax.device_get(metrics)
 
 
+@pytest.mark.slow
 def test_eight_device_step_equals_one_device_step_with_global_batch_norm():
   assert jax.device_count() == 8
   one, m1 = _one_step(jax.devices()[:1])
@@ -140,6 +142,7 @@ def test_config_errors_are_one_clear_line(tmp_path, args, message):
   assert 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_preset_path_form_and_overrides(tmp_path, fashion_dir):
   result = _cli('--config=experiments/configs/v3.py:fashion_mnist', f'--workdir={tmp_path}/w',
                 '--config.model=bn_inception', '--config.image_size=32', '--config.total_steps=2',
@@ -156,6 +159,7 @@ def test_preset_path_form_and_overrides(tmp_path, fashion_dir):
   assert any((tmp_path / 'cache').iterdir())   # the compiled programs, for a resumed run
 
 
+@pytest.mark.slow
 def test_the_compilation_cache_is_on_unless_turned_off(tmp_path):
   # A run that stops at a bad batch size has turned the cache on (its directory exists) or not.
   for switch, on in ((), True), (('--nocompilation_cache',), False):
@@ -166,6 +170,7 @@ def test_the_compilation_cache_is_on_unless_turned_off(tmp_path):
     assert cache.is_dir() == on
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_statistics_and_loss():
   f32, m32 = _one_step(jax.devices()[:1])
   bf16, m16 = _one_step(jax.devices()[:1], dtype='bfloat16')
@@ -221,6 +226,7 @@ def three_class_folder(root):
   return f'imagefolder:{root}'
 
 
+@pytest.mark.slow
 def test_init_from_loads_the_trunk_and_makes_a_new_head(tmp_path, fashion_dir, capsys):
   source, tuned, fresh = (str(tmp_path / d) for d in ('source', 'tuned', 'fresh'))
   train.train_and_evaluate(tiny_config(fashion_dir, total_steps=3, learning_rate=1e-2), source)

@@ -100,6 +100,7 @@ def test_invalid_mid_activation_raises():
     create_model('xception', mid_activation='tanh')
 
 
+@pytest.mark.slow
 def test_torch_padding_style_differs_from_same_only_on_even_grids():
   """timm pads the strided pools by one; at 299 px the 74×74 grid (even) is pooled differently."""
   same, torch_style = _shapes(), _shapes(padding_style='torch')
