@@ -8,12 +8,14 @@ with its own part of the batch and gradients are averaged explicitly.
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import shutil
 import signal
 import tempfile
 import threading
+import time
 from typing import Any, Callable, NamedTuple
 
 import flax
@@ -453,7 +455,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   `make_probe(model)`, if given, returns `probe(step, state, batch)`, which sees the state and the global
   batch before every training step (`step` updates done); the gradient-flow study measures there.
+  `config` itself is left as it was (what the run resolved, e.g. the image size, is in its config.json).
+
+  With `config.dataset='synthetic'` every step gets one fixed random batch made on the devices: the loop
+  and the step alone, for throughput; such a run has no evaluation.
   """
+  config = copy.deepcopy(config)
   check_workdir(workdir)
   process_count = jax.process_count()
   for key in ('batch_size', 'eval_batch_size'):
@@ -465,18 +472,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   local_batch = config.batch_size // process_count
   eval_local_batch = (config.eval_batch_size or config.batch_size) // process_count
 
-  source = data.create_source(config.dataset, config.data_dir or None,
-                              holdout_fraction=config.holdout_fraction,
-                              skip_corrupt_images=config.skip_corrupt_images)
-  num_classes = config.num_classes or source.num_classes
-  data.check_num_classes(source, num_classes)
+  synthetic = config.dataset == 'synthetic'
+  if synthetic:
+    source, num_classes = None, config.num_classes or data.SYNTHETIC_CLASSES
+    train_size = data.SYNTHETIC_EPOCH
+  else:
+    source = data.create_source(config.dataset, config.data_dir or None,
+                                holdout_fraction=config.holdout_fraction,
+                                skip_corrupt_images=config.skip_corrupt_images)
+    num_classes = config.num_classes or source.num_classes
+    data.check_num_classes(source, num_classes)
+    train_size = source.split_sizes['train']
   info = models.model_info(config.model)
   spec = data.ImageSpec.for_model(info, config.image_size, config.eval_crop_pct)
-  config.unlock()
-  config.image_size = spec.size
-  config.lock()
+  with config.unlocked():
+    config.image_size = spec.size
 
-  steps_per_epoch = source.split_sizes['train'] // config.batch_size
+  steps_per_epoch = train_size // config.batch_size
   total_steps = steps('total', config, steps_per_epoch)
   if not total_steps:
     raise ValueError('set total_steps or total_epochs')
@@ -506,11 +518,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   augment = data.TrainAugment(area_range=tuple(config.augment.area_range),
                               aspect_ratio_range=tuple(config.augment.aspect_ratio_range),
                               flip=config.augment.flip, color_distort=config.augment.color_distort)
-  train_iter = data.train_batches(source, spec, local_batch, seed=config.seed, start_step=start,
-                                  augment=augment)
-  eval_data = data.eval_batches(source, spec, eval_local_batch)
+  if synthetic:
+    train_iter = data.synthetic_batches(spec, config.batch_size, num_classes, seed=config.seed,
+                                        sharding=steps_.sharded)
+    eval_data = None
+  else:
+    # Batches are put on the devices two steps ahead, so the copy overlaps the step before.
+    train_iter = data.prefetch_to_devices(
+        data.train_batches(source, spec, local_batch, seed=config.seed, start_step=start, augment=augment),
+        steps_.global_batch)
+    eval_data = data.eval_batches(source, spec, eval_local_batch)
 
   def run_eval(step):
+    if eval_data is None:
+      print(f'step {step}: no evaluation of synthetic data', flush=True)
+      return {}
     results = {}
     weights = [('eval', state.params, state.batch_stats)]
     if config.ema_decay:
@@ -527,9 +549,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   notice = PreemptionNotice()
   skip, skipped = config.skip_nonfinite_steps, 0
   last_checkpoint = start or None
+  window_start, input_wait = time.perf_counter(), 0.0
   try:
     for step in range(start + 1, total_steps + 1):
-      batch = steps_.global_batch(next(train_iter))
+      waiting = time.perf_counter()
+      batch = next(train_iter)
+      input_wait += time.perf_counter() - waiting
       if probe is not None:
         probe(step - 1, state, batch)
       state, metrics = steps_.train_step(state, batch, step_rng)
@@ -542,8 +567,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if logs:
         logged = jax.device_get(metrics)
         rate = reporter.progress(step, logged['loss'], logged['learning_rate'])
+        # The share of the window's wall time the loop spent waiting for its next batch.
+        now = time.perf_counter()
+        waited, window_start, input_wait = input_wait / max(now - window_start, 1e-9), now, 0.0
         reporter.scalars(step, {**{f'train/{k}': v for k, v in logged.items()}, 'train/images_per_sec': rate,
-                                'train/nonfinite_steps': skipped})
+                                'train/nonfinite_steps': skipped, 'train/input_wait': waited})
       if notice.reached(step):
         check_nonfinite(state, skip, last_checkpoint)
         ckpt.save(step, state, force=True)

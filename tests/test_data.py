@@ -302,6 +302,25 @@ def test_synthetic_batches_are_fixed_and_can_be_sharded():
   assert a['image'].sharding == sharding and int(a['label'].max()) < 10
 
 
+def test_prefetch_puts_batches_on_the_devices_ahead_in_order():
+  pulled = []
+
+  def batches():
+    for i in range(5):
+      pulled.append(i)
+      yield {'x': np.full((8, 2), i, np.float32)}
+
+  sharding = jax.sharding.NamedSharding(jax.make_mesh((jax.device_count(),), ('data',)),
+                                        jax.sharding.PartitionSpec('data'))
+  put = lambda b: {k: jax.make_array_from_process_local_data(sharding, v) for k, v in b.items()}  # noqa: E731
+  it = data.prefetch_to_devices(batches(), put, size=2)
+  first = next(it)
+  assert pulled == [0, 1]                                    # two batches on the devices, no more
+  assert isinstance(first['x'], jax.Array) and first['x'].sharding == sharding
+  rest = list(it)
+  assert [int(np.asarray(b['x'])[0, 0]) for b in [first, *rest]] == [0, 1, 2, 3, 4]
+
+
 def test_non_positive_batch_size_is_rejected(fashion_dir):
   src = data.create_source('fashion_mnist', fashion_dir)
   with pytest.raises(ValueError, match='batch_size must be a positive integer, got 0'):

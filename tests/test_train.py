@@ -51,6 +51,31 @@ def test_a_run_writes_metrics_config_events_and_checkpoints(tmp_path, fashion_di
   assert json.load(open(os.path.join(workdir, 'config.json')))['model'] == 'lenet'
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
   assert checkpoint.Checkpointer(workdir).latest_step() == 4
+  # The share of each logging window spent waiting for input.
+  assert all(0.0 <= r['train/input_wait'] <= 1.0 for r in train_records)
+
+
+def test_the_callers_config_is_left_as_it_was(tmp_path, fashion_dir):
+  config = tiny_config(fashion_dir, image_size=0)   # 0: the model's size, resolved by the run
+  before = config.to_dict()
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert config.to_dict() == before
+  assert json.load(open(tmp_path / 'run' / 'config.json'))['image_size'] == 28   # LeNet's
+
+
+def test_synthetic_data_trains_on_device_batches_without_an_input_pipeline(tmp_path, monkeypatch):
+  from inception_jax import data
+  monkeypatch.setattr(data, 'create_source', lambda *a, **k: pytest.fail('synthetic data read a source'))
+  monkeypatch.setattr(data, 'train_batches', lambda *a, **k: pytest.fail('synthetic data ran tf.data'))
+  # An epoch is ImageNet's training split: 16 / 1,281,167 of one is two steps of 8.
+  config = tiny_config('', dataset='synthetic', total_steps=None, total_epochs=16 / data.SYNTHETIC_EPOCH)
+  workdir = tmp_path / 'run'
+  assert train.train_and_evaluate(config, str(workdir)) == {}   # no evaluation of random images
+  records = read_jsonl(str(workdir / 'metrics.jsonl'))
+  assert [r['step'] for r in records] == [1, 2] and all(np.isfinite(r['train/loss']) for r in records)
+  assert all('eval/top1' not in r for r in records)
+  weights = checkpoint.read_weights(str(workdir))
+  assert weights['params']['fc']['kernel'].shape[-1] == data.SYNTHETIC_CLASSES
 
 
 @pytest.fixture

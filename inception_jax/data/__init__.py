@@ -12,13 +12,15 @@ try:
 except RuntimeError:  # already initialised by the caller; nothing to hide then
   pass
 
-from inception_jax.data.pipeline import (EvalBatches, ImageSpec, eval_batches, synthetic_batches,  # noqa: E402
+from inception_jax.data.pipeline import (SYNTHETIC_CLASSES, SYNTHETIC_EPOCH, EvalBatches,  # noqa: E402
+                                         ImageSpec, eval_batches, prefetch_to_devices, synthetic_batches,
                                          train_batches)
 from inception_jax.data.preprocess import TrainAugment  # noqa: E402
 from inception_jax.data.sources import VALID_SOURCES, Source, create_source  # noqa: E402
 
-__all__ = ['EvalBatches', 'ImageSpec', 'Source', 'TrainAugment', 'VALID_SOURCES', 'create_source',
-           'eval_batches', 'synthetic_batches', 'train_batches', 'check_num_classes']
+__all__ = ['EvalBatches', 'ImageSpec', 'SYNTHETIC_CLASSES', 'SYNTHETIC_EPOCH', 'Source', 'TrainAugment',
+           'VALID_SOURCES', 'create_source', 'eval_batches', 'prefetch_to_devices', 'synthetic_batches',
+           'train_batches', 'check_num_classes']
 
 
 def check_num_classes(source: Source, num_classes: int) -> None:

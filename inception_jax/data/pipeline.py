@@ -8,9 +8,11 @@ and a `mask` marks the real examples, and every process yields the same number o
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 import math
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -137,6 +139,29 @@ def eval_batches(source: Source, spec: ImageSpec, batch_size: int, *, process_in
       'mask': tf.constant(False)}).repeat(pad)
   ds = ds.concatenate(padding).batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   return EvalBatches(ds.with_options(_options()), num_batches, split.num_examples, split.total_examples)
+
+
+# `dataset='synthetic'` stands in for ImageNet: its classes, and its training split's size as the epoch
+# (so presets given in epochs resolve to the paper's step counts).
+SYNTHETIC_CLASSES = 1000
+SYNTHETIC_EPOCH = 1_281_167
+
+
+def prefetch_to_devices(batches: Iterator[Batch], put: Callable[[Batch], Any], size: int = 2) -> Iterator[Any]:
+  """`put(batch)` for each batch, `size` batches ahead of the consumer, as flax's `prefetch_to_device`
+  does for pmap: `put` (e.g. `jax.make_array_from_process_local_data`) starts an asynchronous copy to the
+  devices, so the copy of the next batches overlaps the step running on the current one. The order and
+  the contents are those of `batches`."""
+  queue = collections.deque()
+
+  def enqueue(n):
+    for batch in itertools.islice(batches, n):
+      queue.append(put(batch))
+
+  enqueue(size)
+  while queue:
+    yield queue.popleft()
+    enqueue(1)
 
 
 def synthetic_batches(spec: ImageSpec, batch_size: int, num_classes: int, *, seed: int = 0,

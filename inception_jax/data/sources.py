@@ -321,7 +321,7 @@ def check_tar(path: str) -> None:
 def create_source(name: str, data_dir: str | None = None, **options) -> Source:
   """Opens a source by name: 'fashion_mnist', 'imagenet2012' (or 'imagenet'), 'imagefolder:DIR' (or
   'imagefolder' with data_dir), 'tfds:NAME' or a bare TFDS dataset name. ('synthetic' is not a tf.data
-  source; see `pipeline.synthetic_batches`.) Options: `manual_dir` (ImageNet's tars), `holdout_fraction`
+  source: training makes its batches on the devices, `pipeline.synthetic_batches`.) Options: `manual_dir` (ImageNet's tars), `holdout_fraction`
   and `skip_corrupt_images` (ImageFolder)."""
   if name == 'fashion_mnist':
     return fashion_mnist(data_dir)
