@@ -37,20 +37,6 @@ import numpy as np
 
 from experiments import malloc
 
-# Dense peak FLOP/s per device from the vendors' data sheets, by a substring of `device_kind`, for
-# (bfloat16, float32). float32 matrix products on NVIDIA GPUs run as TF32 under XLA's default precision, so
-# the float32 figure is the TF32 one; TPUs multiply float32 in bfloat16 passes, so both are the bf16 peak.
-PEAK_FLOPS = {
-    'H200': (989e12, 495e12),
-    'H100': (989e12, 495e12),
-    'A100': (312e12, 156e12),
-    'L4': (121e12, 60e12),
-    'V100': (125e12, 15.7e12),
-    'TPU v6': (918e12, 918e12),
-    'TPU v5p': (459e12, 459e12),
-    'TPU v5': (197e12, 197e12),   # v5e ("TPU v5 lite")
-    'TPU v4': (275e12, 275e12),
-}
 # The networks each peer library has of ours (our name -> theirs).
 PEERS = {
     'keras': {'inception_v3': 'InceptionV3', 'inception_resnet_v2': 'InceptionResNetV2', 'xception': 'Xception'},
@@ -65,34 +51,6 @@ PROFILED_STEPS = 3
 def _fail(message: str) -> None:
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)
-
-
-def peak_flops(dtype: str) -> tuple[float, str]:
-  """(FLOP/s of all devices together, where the figure comes from)."""
-  import jax
-  devices = jax.devices()
-  kind = devices[0].device_kind
-  if devices[0].platform == 'cpu':
-    return measured_matmul_flops(dtype), 'measured matrix product'
-  for name, (bf16, fp32) in PEAK_FLOPS.items():
-    if name.lower() in kind.lower():
-      return len(devices) * (bf16 if dtype == 'bfloat16' else fp32), f'data sheet ({kind})'
-  return float('nan'), f'unknown device {kind!r}'
-
-
-def measured_matmul_flops(dtype: str, n: int = 2048, repeats: int = 5) -> float:
-  """The best FLOP/s of an n×n matrix product on the default device (all its cores)."""
-  import jax
-  import jax.numpy as jnp
-  a = jnp.ones((n, n), jnp.dtype(dtype))
-  f = jax.jit(lambda a: a @ a)
-  f(a).block_until_ready()
-  best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    f(a).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2 * n ** 3 / best
 
 
 def _time_calls(fn, steps: int, warmup: int) -> float:
@@ -380,13 +338,16 @@ def main(argv=None) -> int:
   parser.add_argument('--profile', metavar='DIR', default=None,
                       help='also trace a few train steps into DIR and break the step down op by op '
                            '(DIR/ops.md, DIR/ops.json; experiments/op_profile.py)')
+  parser.add_argument('--kernels', choices=('auto', 'lax', 'cpu'), default='auto',
+                      help='how convolutions, pools and BN are computed (config key kernels): lax is stock '
+                           'flax/optax/lax, cpu the XLA:CPU formulations, auto cpu on the CPU only')
   parser.add_argument('--no_cache', action='store_true', help='no persistent compilation cache')
   parser.add_argument('--json', action='store_true', help='end with one JSON line')
   args = parser.parse_args(argv)
   if args.peer == 'keras' and not os.environ.get('KERAS_BACKEND'):
     os.environ['KERAS_BACKEND'] = 'jax'  # before anything imports Keras (TensorFlow can)
   import jax
-  from inception_jax import models
+  from inception_jax import hardware, kernels, models
   if args.batch < 1 or (args.peer is None and args.batch % jax.device_count()):
     _fail(f'--batch must be a positive multiple of the {jax.device_count()} devices, got {args.batch}')
   if args.steps < 1 or args.warmup < 0:
@@ -411,13 +372,14 @@ def main(argv=None) -> int:
   if args.profile and os.path.exists(args.profile) and not os.path.isdir(args.profile):
     _fail(f'--profile={args.profile} is a file; give a directory (made if missing) for the trace and tables')
   c.remat = args.remat
+  c.kernels = args.kernels
   from inception_jax import compile_cache
   cache = None if args.no_cache else compile_cache.enable_persistent_cache()
   if args.max_batch:
     return report_largest_batch(c, args)
 
   # The CPU's matrix-product peak is measured first, while nothing else of ours has run in this process.
-  peak, peak_source = peak_flops(args.dtype)
+  peak, peak_source = hardware.peak_flops(args.dtype)
   executables = os.path.join(cache, 'executables') if cache else None
   ours = (benchmark_ours(c, args.steps, args.warmup, executables=executables, trace_dir=args.profile)
           if args.peer is None else None)
@@ -431,7 +393,7 @@ def main(argv=None) -> int:
     result = ours
   record = {
       'model': c.model, 'peer': args.peer, 'batch': c.batch_size, 'size': c.image_size, 'dtype': c.dtype,
-      'aux': bool(c.aux_logits), 'remat': c.remat,
+      'aux': bool(c.aux_logits), 'remat': c.remat, 'kernels': kernels.resolve(c.kernels),
       'devices': jax.device_count(), 'platform': jax.devices()[0].platform,
       'device_kind': jax.devices()[0].device_kind,
       'train_images_per_sec': c.batch_size / result['step_s'],
@@ -464,6 +426,7 @@ def main(argv=None) -> int:
 
 def report_largest_batch(c, args) -> int:
   import jax
+  from inception_jax import kernels
   if args.peer:
     _fail('--max_batch measures our train step; it takes no --peer')
   limit, source = ((int(args.memory_gb * 2**30), '--memory_gb') if args.memory_gb else device_memory_bytes())
@@ -474,7 +437,8 @@ def report_largest_batch(c, args) -> int:
   per_image = (tried[-1][1] - tried[0][1]) / max(1, tried[-1][0] - tried[0][0])
   saved = saved_bytes_per_image(c)
   record = {'model': c.model, 'size': c.image_size, 'dtype': c.dtype, 'aux': bool(c.aux_logits),
-            'remat': c.remat, 'devices': jax.device_count(), 'device_kind': jax.devices()[0].device_kind,
+            'remat': c.remat, 'kernels': kernels.resolve(c.kernels), 'devices': jax.device_count(),
+            'device_kind': jax.devices()[0].device_kind,
             'memory_limit_bytes': limit, 'memory_limit_source': source, 'max_batch': batch,
             'bytes_per_image': per_image, 'saved_bytes_per_image': saved, 'tried': [{'batch': b, 'bytes': n} for b, n in tried]}
   remat = f' with remat={c.remat}' if c.remat else ''
