@@ -2,6 +2,11 @@
 
     python -m experiments.benchmark_input --source=fashion_mnist --size=299 --batch=64
     python -m experiments.benchmark_input --fake_jpegs=300 --size=299     # ImageNet-like 500×375 JPEGs
+    python -m experiments.benchmark_input --fake_jpegs=300 --size=299 --reference --rounds=3 --json
+
+With `--reference` (training split of an ImageFolder, e.g. `--fake_jpegs`) a plain tf.data pipeline written
+here (read the file, fused decode-and-crop of a random window, resize, flip, normalise, batch, prefetch) is
+timed on the same files in the same run, alternating with ours, and our ratio to it is printed.
     python -m experiments.benchmark_input --source=imagefolder:/data/flowers --split=eval
 """
 
@@ -14,6 +19,7 @@ if __name__ == '__main__':  # first, before JAX and TensorFlow load: this may re
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -45,6 +51,34 @@ def measure(batches, batch_size: int, steps: int, warmup: int) -> float:
   return steps * batch_size / (time.perf_counter() - start)
 
 
+def reference_batches(paths: list[str], size: int, batch: int, seed: int = 0):
+  """The textbook ImageNet training input in tf.data, to measure ours against: shuffled files, a random
+  window of 8–100% of the area (aspect 3/4–4/3) decoded with the fused decode_and_crop_jpeg, bilinear
+  resize, random flip, scaling to [-1, 1], batched and prefetched, all with AUTOTUNE parallelism."""
+  import tensorflow as tf
+
+  def prepare(path):
+    raw = tf.io.read_file(path)
+    shape = tf.io.extract_jpeg_shape(raw)
+    begin, window, _ = tf.image.sample_distorted_bounding_box(
+        shape, tf.zeros([0, 0, 4], tf.float32), min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+    y, x, _ = tf.unstack(begin)
+    h, w, _ = tf.unstack(window)
+    image = tf.image.decode_and_crop_jpeg(raw, tf.stack([y, x, h, w]), channels=3)
+    image = tf.image.resize(image, [size, size], method='bilinear')
+    image = tf.image.random_flip_left_right(image)
+    return image / 127.5 - 1.0
+
+  ds = tf.data.Dataset.from_tensor_slices(paths).shuffle(len(paths), seed=seed).repeat()
+  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch, drop_remainder=True)
+  return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def cores() -> int:
+  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m experiments.benchmark_input',
                                    description=__doc__.split('\n')[0])
@@ -59,7 +93,15 @@ def main(argv=None) -> int:
   parser.add_argument('--steps', type=int, default=30)
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--color_distort', action='store_true')
+  parser.add_argument('--reference', action='store_true',
+                      help='also time a plain tf.data pipeline on the same files, alternating with ours')
+  parser.add_argument('--rounds', type=int, default=1, help='with --reference: ours/reference pairs timed')
+  parser.add_argument('--json', action='store_true', help='end with one JSON line')
   args = parser.parse_args(argv)
+  if args.reference and (args.split != 'train' or not (args.fake_jpegs or args.source.startswith('imagefolder'))):
+    print('error: --reference times the training split of JPEG files: give --fake_jpegs=N or '
+          '--source=imagefolder:DIR', file=sys.stderr)
+    return 2
   try:
     spec = data.ImageSpec(args.size)
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,25 +110,46 @@ def main(argv=None) -> int:
         make_fake_jpegs(tmp, args.fake_jpegs)
         source_name = f'imagefolder:{tmp}'
       if source_name == 'synthetic':
-        batches = data.synthetic_batches(spec, args.batch, 1000)
+        batches = lambda: data.synthetic_batches(spec, args.batch, 1000)  # noqa: E731
         label = 'synthetic (on device)'
       else:
         source = data.create_source(source_name, args.data_dir, holdout_fraction=0.1)
         label = f'{source.name} {args.split}'
         if args.split == 'train':
-          batches = data.train_batches(source, spec, args.batch,
-                                       augment=data.TrainAugment(color_distort=args.color_distort))
+          batches = lambda: data.train_batches(  # noqa: E731
+              source, spec, args.batch, augment=data.TrainAugment(color_distort=args.color_distort))
         else:
           # Eval makes one pass; cycle it so a small split can still be timed for `steps` batches.
           ev = data.eval_batches(source, spec, args.batch)
-          batches = (b for _ in iter(int, 1) for b in ev)
-      rate = measure(batches, args.batch, args.steps, args.warmup)
+          batches = lambda: (b for _ in iter(int, 1) for b in ev)  # noqa: E731
+      ours, reference = [], []
+      for _ in range(args.rounds if args.reference else 1):
+        ours.append(measure(batches(), args.batch, args.steps, args.warmup))
+        if args.reference:
+          root = source_name.partition(':')[2]
+          paths = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files
+                         if f.lower().endswith(('.jpg', '.jpeg')))
+          reference.append(measure(reference_batches(paths, args.size, args.batch), args.batch, args.steps,
+                                   args.warmup))
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  print(f'{label}: {rate:,.0f} images/s at {args.size}×{args.size}, batch {args.batch}, '
-        f'{os.cpu_count()} CPU cores')
-  print(json.dumps({'source': label, 'size': args.size, 'batch': args.batch, 'images_per_sec': rate}))
+  n = cores()
+  rate = statistics.median(ours)
+  record = {'source': label, 'size': args.size, 'batch': args.batch, 'cores': n, 'images_per_sec': rate,
+            'images_per_sec_per_core': rate / n, 'rounds': ours}
+  print(f'{label}: {rate:,.0f} images/s at {args.size}×{args.size}, batch {args.batch}, {n} CPU cores '
+        f'({rate / n:,.0f} per core)')
+  if reference:
+    ref = statistics.median(reference)
+    ratios = [a / b for a, b in zip(ours, reference)]
+    record.update(reference_images_per_sec=ref, reference_images_per_sec_per_core=ref / n,
+                  reference_rounds=reference, ratio_to_reference=statistics.median(ratios), ratios=ratios)
+    print(f'plain tf.data reference: {ref:,.0f} images/s ({ref / n:,.0f} per core); ours / reference: '
+          f'{record["ratio_to_reference"]:.2f}× (median of {len(ratios)} alternating pairs: '
+          f'{", ".join(f"{r:.2f}" for r in ratios)})')
+  if args.json:
+    print(json.dumps(record))
   return 0
 
 

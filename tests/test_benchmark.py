@@ -100,3 +100,23 @@ def test_remat_shrinks_what_the_backward_pass_keeps(remat, at_most):
     kept[mode] = benchmark.saved_bytes_per_image(config)
   # v3's 35×35 modules alone keep more than 1 MiB per image at 75 px.
   assert kept[''] > 2**20 and kept[remat] <= at_most * kept['']
+
+
+def test_the_input_benchmark_measures_ours_against_a_plain_tf_data_pipeline():
+  result = run_module('experiments.benchmark_input', '--fake_jpegs=24', '--size=64', '--batch=8', '--steps=3',
+                      '--warmup=1', '--reference', '--rounds=2', '--json')
+  assert result.returncode == 0, result.stderr[-2000:]
+  record = json.loads(result.stdout.strip().splitlines()[-1])
+  assert len(record['rounds']) == len(record['reference_rounds']) == len(record['ratios']) == 2
+  assert record['images_per_sec'] > 0 and record['reference_images_per_sec'] > 0
+  ratios = [a / b for a, b in zip(record['rounds'], record['reference_rounds'])]
+  assert record['ratios'] == pytest.approx(ratios)
+  assert record['ratio_to_reference'] == pytest.approx(sum(ratios) / 2)   # the median of two
+  assert record['images_per_sec_per_core'] == pytest.approx(record['images_per_sec'] / record['cores'])
+  assert 'ours / reference' in result.stdout
+
+
+def test_the_reference_needs_jpeg_files():
+  result = run_module('experiments.benchmark_input', '--source=fashion_mnist', '--reference')
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith('error: --reference times the training split of JPEG')
