@@ -260,9 +260,14 @@ def _prepared_builder(name: str, data_dir: str | None, download_config=None):
   if not builder.is_prepared():
     try:
       builder.download_and_prepare(download_config=download_config)
-    except Exception as e:  # no network, missing manual files, ...
+    except Exception as e:  # no network, missing manual files, a damaged archive, ...
+      reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+      if isinstance(e, (tarfile.TarError, EOFError)):  # TFDS does not say which archive
+        where = download_config.manual_dir if download_config and download_config.manual_dir else 'downloads'
+        reason = f'an archive in {where} is damaged ({reason}); copy the files there again'
+      # TFDS prepares into a temporary folder it removes on failure: the next run starts afresh.
       raise ValueError(f'TFDS dataset {name!r} is not prepared under {builder.data_dir} and could not be '
-                       f'prepared: {str(e).splitlines()[0] if str(e) else type(e).__name__}') from None
+                       f'prepared: {reason}') from None
   return builder
 
 
@@ -313,6 +318,10 @@ def check_tar(path: str) -> None:
     with tarfile.open(path, 'r:') as tar:
       if not tar.getmembers():
         raise tarfile.ReadError('it holds no files')
+      # tarfile takes a file cut between two members for a whole one; a whole tar ends in zero blocks.
+      tar.fileobj.seek(tar.offset)
+      if tar.fileobj.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
+        raise tarfile.ReadError('it stops after a member, without the end-of-archive blocks')
   except (tarfile.TarError, EOFError, OSError) as e:
     raise ValueError(f'{path} is not a whole tar file ({e}): a download or copy cut short? Copy it again '
                      '(its size should be the one the download page gives)') from None
