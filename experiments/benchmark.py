@@ -232,12 +232,24 @@ def largest_batch(c, limit_bytes: int, num_classes: int = 1000) -> tuple[int, li
     raise ValueError(f'even batch {unit} needs {fixed + per_image * unit:,.0f} bytes per device, '
                      f'over the {limit_bytes:,} available')
   batch = max(unit, int((limit_bytes - fixed) / per_image) // unit * unit)
-  while need(batch) > limit_bytes and batch > unit:   # the prediction was a little high: step down
-    batch -= unit * max(1, (need(batch) - limit_bytes) // int(per_image * unit) + 1)
-    batch = max(batch, unit)
-  while need(batch + unit) <= limit_bytes:             # ... or a little low: step up
-    batch += unit
-  return batch, sorted(tried.items())
+  # The prediction is seldom exact (XLA's buffer assignment is not quite linear): bracket the answer with
+  # steps that double away from it, then bisect, so a prediction off by many units costs a few compilations
+  # (each is tens of seconds for Inception-v3 on a GPU), not one per unit.
+  if need(batch) <= limit_bytes:
+    fits, step = batch, unit
+    while need(fits + step) <= limit_bytes:
+      fits, step = fits + step, 2 * step
+    too_big = fits + step
+  else:
+    too_big, step = batch, unit
+    while too_big - step > unit and need(too_big - step) > limit_bytes:
+      too_big, step = too_big - step, 2 * step
+    fits = max(unit, too_big - step)
+  while too_big - fits > unit:
+    middle = (fits + too_big) // 2 // unit * unit
+    fits, too_big = (middle, too_big) if need(middle) <= limit_bytes else (fits, middle)
+  need(fits), need(fits + unit)   # both neighbours measured, as the record shows
+  return fits, sorted(tried.items())
 
 
 def benchmark_ours(c, steps: int, warmup: int, num_classes: int = 1000,

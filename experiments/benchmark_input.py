@@ -6,7 +6,8 @@
 
 With `--reference` (training split of an ImageFolder, e.g. `--fake_jpegs`) a plain tf.data pipeline written
 here (read the file, fused decode-and-crop of a random window, resize, flip, normalise, batch, prefetch) is
-timed on the same files in the same run, alternating with ours, and our ratio to it is printed.
+timed on the same files in the same run, alternating with ours, and our ratio to it is printed, in images/s
+and in CPU time per image (the process's, all threads: the steadier figure where others share the machine).
     python -m experiments.benchmark_input --source=imagefolder:/data/flowers --split=eval
 """
 
@@ -19,6 +20,7 @@ if __name__ == '__main__':  # first, before JAX and TensorFlow load: this may re
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -41,14 +43,22 @@ def make_fake_jpegs(root: str, count: int, classes: int = 10, size=(500, 375), s
     image.save(os.path.join(d, f'{i:05d}.jpg'), quality=90)
 
 
-def measure(batches, batch_size: int, steps: int, warmup: int) -> float:
+def _cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)   # all of this process's threads
+  return usage.ru_utime + usage.ru_stime
+
+
+def measure(batches, batch_size: int, steps: int, warmup: int) -> tuple[float, float]:
+  """Images per second, and this process's CPU milliseconds per image (all threads) over the same steps:
+  on a machine others share, the CPU cost is the steadier of the two."""
   it = iter(batches)
   for _ in range(warmup):
     next(it)
-  start = time.perf_counter()
+  start, cpu = time.perf_counter(), _cpu_seconds()
   for _ in range(steps):
     next(it)
-  return steps * batch_size / (time.perf_counter() - start)
+  images = steps * batch_size
+  return images / (time.perf_counter() - start), (_cpu_seconds() - cpu) * 1000 / images
 
 
 def reference_batches(paths: list[str], size: int, batch: int, seed: int = 0):
@@ -122,32 +132,40 @@ def main(argv=None) -> int:
           # Eval makes one pass; cycle it so a small split can still be timed for `steps` batches.
           ev = data.eval_batches(source, spec, args.batch)
           batches = lambda: (b for _ in iter(int, 1) for b in ev)  # noqa: E731
-      ours, reference = [], []
+      ours, reference, ours_cpu, reference_cpu = [], [], [], []
       for _ in range(args.rounds if args.reference else 1):
-        ours.append(measure(batches(), args.batch, args.steps, args.warmup))
+        rate, cpu_ms = measure(batches(), args.batch, args.steps, args.warmup)
+        ours.append(rate)
+        ours_cpu.append(cpu_ms)
         if args.reference:
           root = source_name.partition(':')[2]
           paths = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files
                          if f.lower().endswith(('.jpg', '.jpeg')))
-          reference.append(measure(reference_batches(paths, args.size, args.batch), args.batch, args.steps,
-                                   args.warmup))
+          rate, cpu_ms = measure(reference_batches(paths, args.size, args.batch), args.batch, args.steps,
+                                 args.warmup)
+          reference.append(rate)
+          reference_cpu.append(cpu_ms)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   n = cores()
   rate = statistics.median(ours)
   record = {'source': label, 'size': args.size, 'batch': args.batch, 'cores': n, 'images_per_sec': rate,
-            'images_per_sec_per_core': rate / n, 'rounds': ours}
+            'images_per_sec_per_core': rate / n, 'rounds': ours, 'cpu_ms_per_image': statistics.median(ours_cpu)}
   print(f'{label}: {rate:,.0f} images/s at {args.size}×{args.size}, batch {args.batch}, {n} CPU cores '
-        f'({rate / n:,.0f} per core)')
+        f'({rate / n:,.0f} per core; {record["cpu_ms_per_image"]:.2f} CPU ms per image)')
   if reference:
     ref = statistics.median(reference)
     ratios = [a / b for a, b in zip(ours, reference)]
     record.update(reference_images_per_sec=ref, reference_images_per_sec_per_core=ref / n,
-                  reference_rounds=reference, ratio_to_reference=statistics.median(ratios), ratios=ratios)
-    print(f'plain tf.data reference: {ref:,.0f} images/s ({ref / n:,.0f} per core); ours / reference: '
+                  reference_rounds=reference, ratio_to_reference=statistics.median(ratios), ratios=ratios,
+                  reference_cpu_ms_per_image=statistics.median(reference_cpu))
+    # CPU time per image is what a busy machine disturbs least: the reference's over ours, as a rate ratio.
+    record['cpu_ratio_to_reference'] = record['reference_cpu_ms_per_image'] / record['cpu_ms_per_image']
+    print(f'plain tf.data reference: {ref:,.0f} images/s ({ref / n:,.0f} per core; '
+          f'{record["reference_cpu_ms_per_image"]:.2f} CPU ms per image); ours / reference: '
           f'{record["ratio_to_reference"]:.2f}× (median of {len(ratios)} alternating pairs: '
-          f'{", ".join(f"{r:.2f}" for r in ratios)})')
+          f'{", ".join(f"{r:.2f}" for r in ratios)}), {record["cpu_ratio_to_reference"]:.2f}× in CPU time')
   if args.json:
     print(json.dumps(record))
   return 0

@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# The accelerator check: what one GPU or TPU host does with Inception-v3, in about eight minutes.
+# The accelerator check: what one GPU or TPU host does with Inception-v3 at 299 px in bfloat16, in at most
+# eight minutes (installs included; ACCELERATOR_CHECK_BUDGET_S changes the 470 s).
 #
 #   bash scripts/accelerator_check.sh            # on a GPU or TPU host (detected; or say `gpu` / `tpu`)
-#   bash scripts/accelerator_check.sh --dry_run  # the same sequence on the CPU with tiny settings
+#   bash scripts/accelerator_check.sh --dry_run  # the same sequence on the CPU with tiny settings (2-3 min)
 #
-# It sets the project up (scripts/setup.sh), installs the accelerator's jax (the version requirements.txt
-# pins), then prints one JSON line per run, each with "check" naming it:
-#   train_bf16            Inception-v3 bfloat16 train img/s and MFU at batch 128 and 256 (kernels=auto)
+# It sets the project up (scripts/setup.sh), installs the accelerator's jax (jax[cuda12] or jax[tpu] at the
+# version requirements.txt pins), then prints one JSON line per run, in this order, each with "check"
+# naming it and "batch", "kernels" (as resolved), "remat" and, where it applies, "train_images_per_sec"
+# and "mfu":
+#   train_bf16            train img/s and MFU at batch 128 and 256 (kernels=auto; experiments.benchmark)
 #   train_bf16_lax        the same with kernels=lax named (what auto picks off the CPU)
-#   max_batch             the largest batch whose bfloat16 train step fits, without and with remat=blocks
-#   synthetic_loop        50 steps of `experiments.imagenet --config=v3 --config.dataset=synthetic`: the
-#                         training loop's img/s between its last two log steps (compilation excluded)
-# A run that fails or passes its time limit prints {"check": ..., "error": ...} and the script goes on.
-# The dry run skips the installs and uses LeNet at 28 px, batches 8 and 16, two steps: it tests the script.
+#   synthetic_loop        50 steps of `experiments.imagenet --config=v3 --config.dataset=synthetic` at
+#                         batch 128: the loop's img/s between its last two log steps (compilation left
+#                         out), its MFU from train_bf16's FLOPs per step, and the share spent waiting
+#   max_batch             the largest batch whose train step fits, without and with remat=blocks
+# A run that fails, passes its time limit or finds the budget spent prints {"check": ..., "error": ...,
+# "command": ...} and the script goes on. The dry run skips the installs and uses LeNet at 28 px, batches
+# 8 and 16, two steps, a 6 MB device for the largest-batch search: it tests the script, not the models.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,13 +33,16 @@ done
 
 if [ "$dry_run" = 1 ]; then
   # LeNet has no BN, so the v1 preset (which sets none of a model's BN fields) carries it, and no blocks,
-  # so remat is 'dots'; a 16 MB device keeps the largest-batch search short.
+  # so remat is 'dots'; a 6 MB device keeps the largest-batch search short.
   preset=v1; model=lenet; size=28; batches=(8 16); steps=2; warmup=1; loop_steps=4; limit=300; remat=dots
-  memory=(--memory_gb=0.016)
+  memory=(--memory_gb=0.006)
+  budget=${ACCELERATOR_CHECK_BUDGET_S:-900}
   python=${PYTHON:-.venv/bin/python}
 else
-  preset=v3; model=inception_v3; size=299; batches=(128 256); steps=10; warmup=2; loop_steps=50; limit=240
+  # Each run's limit; the budget (counted from the start, installs included) bounds the whole.
+  preset=v3; model=inception_v3; size=299; batches=(128 256); steps=10; warmup=2; loop_steps=50; limit=150
   remat=blocks
+  budget=${ACCELERATOR_CHECK_BUDGET_S:-470}
   memory=()
   bash scripts/setup.sh || exit 1
   if [ -z "$kind" ]; then
@@ -49,26 +57,33 @@ else
   python=.venv/bin/python
 fi
 
-# report CHECK COMMAND...: runs COMMAND under the time limit; prints its last JSON line with "check" added,
-# or an error record.
+workdir=$(mktemp -d)
+trap 'rm -rf "$workdir"' EXIT
+records=$workdir/records.jsonl   # what was printed, for the loop's MFU
+
+# report CHECK COMMAND...: runs COMMAND under its time limit (the budget's remainder if less); prints its
+# last JSON line with "check" added, or an error record naming the command.
 report() {
   local check=$1; shift
-  local out err status
-  out=$(mktemp); err=$(mktemp)
-  timeout "$limit" "$@" >"$out" 2>"$err"
-  status=$?
-  "$python" - "$check" "$status" "$out" "$err" <<'PY'
+  local out=$workdir/out err=$workdir/err status=-1 left=$((budget - SECONDS))
+  : >"$out"; : >"$err"
+  if [ "$left" -ge 30 ]; then
+    timeout -k 10 "$((left < limit ? left : limit))" "$@" >"$out" 2>"$err"
+    status=$?
+  fi
+  "$python" - "$check" "$status" "$out" "$err" "$budget" "$@" <<'PY' | tee -a "$records"
 import json, sys
-check, status, out, err = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+check, status, out, err, budget, command = *sys.argv[1:2], int(sys.argv[2]), *sys.argv[3:6], sys.argv[6:]
 lines = [line for line in open(out).read().splitlines() if line.startswith('{')]
 if status == 0 and lines:
   print(json.dumps({'check': check, **json.loads(lines[-1])}), flush=True)
 else:
   said = [line for line in open(err).read().splitlines() if line.strip()]
-  reason = 'timed out' if status == 124 else (said[-1] if said else f'exit status {status}')
-  print(json.dumps({'check': check, 'error': reason, 'exit_status': status}), flush=True)
+  reason = ({-1: f'skipped: the {budget} s budget is spent', 124: 'timed out', 137: 'timed out (killed)'}.get(status)
+            or (said[-1] if said else f'exit status {status}'))
+  print(json.dumps({'check': check, 'error': reason, 'exit_status': status, 'command': ' '.join(command)}),
+        flush=True)
 PY
-  rm -f "$out" "$err"
 }
 
 bench=("$python" -m experiments.benchmark --model="$model" --size="$size" --dtype=bfloat16 --steps="$steps"
@@ -79,31 +94,40 @@ done
 for batch in "${batches[@]}"; do
   report train_bf16_lax "${bench[@]}" --batch="$batch" --kernels=lax
 done
-for mode in '' "$remat"; do
-  report max_batch "$python" -m experiments.benchmark --model="$model" --size="$size" --dtype=bfloat16 \
-    --max_batch ${mode:+--remat=$mode} "${memory[@]}" --json
-done
-
 # The training loop on device-made batches; its rate between the last two log steps leaves compilation out.
-workdir=$(mktemp -d)
 batch=${batches[0]}
-export python preset model size batch loop_steps workdir
+export python preset model size batch loop_steps workdir records
 loop() {
   "$python" -m experiments.imagenet --config="$preset" --config.model="$model" --config.dataset=synthetic \
     --config.image_size="$size" --config.dtype=bfloat16 --config.batch_size="$batch" \
     --config.total_steps="$loop_steps" --config.log_every_steps=$((loop_steps / 2)) \
     --config.checkpoint_every_steps=100000 --workdir="$workdir/run" >/dev/null || return $?
-  "$python" - "$workdir/run/metrics.jsonl" "$batch" <<'PY'
+  "$python" - "$workdir/run" "$batch" "$records" <<'PY'
 import json, sys
-records = [r for r in map(json.loads, open(sys.argv[1])) if 'train/images_per_sec' in r]
-batch = int(sys.argv[2])
+run, batch, records = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+config = json.load(open(f'{run}/config.json'))
+logged = [r for r in map(json.loads, open(f'{run}/metrics.jsonl')) if 'train/images_per_sec' in r]
 # Each record's rate is over all steps so far; two of them give the time between them.
-(a, b) = records[-2:]
+(a, b) = logged[-2:]
 seconds = b['step'] * batch / b['train/images_per_sec'] - a['step'] * batch / a['train/images_per_sec']
-print(json.dumps({'steps': b['step'], 'batch': batch, 'train_images_per_sec': (b['step'] - a['step']) * batch / seconds,
-                  'input_wait': b.get('train/input_wait'), 'loss': b['train/loss']}))
+rate = (b['step'] - a['step']) * batch / seconds
+# The benchmark's step at this batch (same model, size, dtype and kernels setting) gives FLOPs and peak, and
+# what kernels=auto resolved to on this host.
+bench = [r for r in map(json.loads, open(records)) if r.get('check') == 'train_bf16' and r.get('batch') == batch
+         and 'error' not in r]
+bench = bench[0] if bench else {}
+mfu = rate / batch * bench['flops_per_step'] / bench['peak_flops'] if bench else None
+print(json.dumps({'model': config['model'], 'batch': batch, 'size': config['image_size'], 'dtype': config['dtype'],
+                  'kernels': bench.get('kernels', config['kernels']), 'remat': config['remat'], 'steps': b['step'],
+                  'train_images_per_sec': rate, 'mfu': mfu, 'input_wait': b.get('train/input_wait'),
+                  'loss': b['train/loss']}))
 PY
 }
 export -f loop
 report synthetic_loop bash -c loop
-rm -rf "$workdir"
+
+# Last: each search compiles the train step several times (tens of seconds each for Inception-v3).
+for mode in '' "$remat"; do
+  report max_batch "$python" -m experiments.benchmark --model="$model" --size="$size" --dtype=bfloat16 \
+    --max_batch ${mode:+--remat=$mode} "${memory[@]}" --json
+done

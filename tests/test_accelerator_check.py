@@ -19,16 +19,30 @@ def test_the_dry_run_prints_every_check_as_one_json_line(tmp_path):
                           capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   records = [json.loads(line) for line in result.stdout.splitlines()]
-  assert [r['check'] for r in records] == ['train_bf16'] * 2 + ['train_bf16_lax'] * 2 + ['max_batch'] * 2 + [
-      'synthetic_loop']
+  assert [r['check'] for r in records] == ['train_bf16'] * 2 + ['train_bf16_lax'] * 2 + ['synthetic_loop'] + [
+      'max_batch'] * 2, result.stdout
   assert not [r for r in records if 'error' in r], records
-  for r in records[:4]:
-    assert r['dtype'] == 'bfloat16' and r['train_images_per_sec'] > 0 and 0 < r['mfu'] < 1
-  assert [r['batch'] for r in records[:4]] == [8, 16, 8, 16]
-  assert [r['kernels'] for r in records[:4]] == ['cpu', 'cpu', 'lax', 'lax']   # auto is cpu here
-  assert [r['remat'] for r in records[4:6]] == ['', 'dots'] and all(r['max_batch'] >= 8 for r in records[4:6])
-  loop = records[6]
-  assert loop['steps'] == 4 and loop['train_images_per_sec'] > 0 and 0 <= loop['input_wait'] <= 1
+  for r in records:   # what a reader needs of every run
+    assert r['model'] == 'lenet' and r['dtype'] == 'bfloat16' and r['remat'] in ('', 'dots'), r
+    assert r['kernels'] in ('cpu', 'lax') and r['batch' if 'batch' in r else 'max_batch'] >= 8, r
+  for r in records[:5]:
+    assert r['train_images_per_sec'] > 0 and 0 < r['mfu'] < 1, r
+  assert [r['batch'] for r in records[:5]] == [8, 16, 8, 16, 8]
+  assert [r['kernels'] for r in records[:5]] == ['cpu', 'cpu', 'lax', 'lax', 'cpu']   # auto is cpu here
+  loop = records[4]
+  assert loop['steps'] == 4 and loop['size'] == 28 and 0 <= loop['input_wait'] <= 1
+  assert [r['remat'] for r in records[5:]] == ['', 'dots'] and all(r['max_batch'] >= 16 for r in records[5:])
+
+
+def test_a_spent_budget_skips_the_runs_with_one_error_line_each():
+  env = dict(os.environ, PYTHON=sys.executable, ACCELERATOR_CHECK_BUDGET_S='0')
+  result = subprocess.run(['bash', 'scripts/accelerator_check.sh', '--dry_run'], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  records = [json.loads(line) for line in result.stdout.splitlines()]
+  assert len(records) == 7 and all(r['error'] == 'skipped: the 0 s budget is spent' for r in records), records
+  assert records[0]['command'].endswith('--batch=8') and records[-1]['command'].endswith('--remat=dots '
+                                                                                           '--memory_gb=0.006 --json')
 
 
 def test_an_unknown_argument_is_one_error_line():

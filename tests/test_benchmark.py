@@ -113,6 +113,9 @@ def test_the_input_benchmark_measures_ours_against_a_plain_tf_data_pipeline():
   assert record['ratios'] == pytest.approx(ratios)
   assert record['ratio_to_reference'] == pytest.approx(sum(ratios) / 2)   # the median of two
   assert record['images_per_sec_per_core'] == pytest.approx(record['images_per_sec'] / record['cores'])
+  assert record['cpu_ms_per_image'] > 0 and record['reference_cpu_ms_per_image'] > 0
+  assert record['cpu_ratio_to_reference'] == pytest.approx(
+      record['reference_cpu_ms_per_image'] / record['cpu_ms_per_image'])
   assert 'ours / reference' in result.stdout
 
 

@@ -223,6 +223,38 @@ def test_fused_jpeg_decode_and_crop_matches_decode_then_crop():
   assert same.mean() > 0.9 and np.abs(fused - plain).mean() < 0.01
 
 
+@pytest.mark.parametrize('fmt', ['JPEG', 'PNG'])
+def test_the_fast_preprocessing_gives_the_straightforward_formulas_numbers(tmp_path, monkeypatch, fmt):
+  # Written plainly: crop, resize, flip, clip, then ((x / 255) - mean) / std with per-channel broadcasting.
+  # The pipeline skips the clip (a no-op after a bilinear resize of uint8) and divides whole-image
+  # constants: the same numbers, bit for bit for Inception's 0.5 and within rounding for ImageNet's.
+  write_image(tmp_path / 'x', (90, 70), fmt=fmt)
+  encoded = tf.io.read_file(str(tmp_path / 'x'))
+  seed, aug, size = tf.constant([3, 4], tf.int64), preprocess.TrainAugment(), 40
+  crop_seed, flip_seed, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+  offset, window = preprocess.distorted_crop_window(tf.constant([70, 90]), crop_seed, aug)
+  decoded = tf.io.decode_image(encoded, channels=3)
+  image = tf.slice(decoded, tf.concat([offset, [0]], 0), tf.concat([window, [-1]], 0))
+  image = tf.image.stateless_random_flip_left_right(tf.image.resize(image, [size, size]), flip_seed)
+  image = tf.clip_by_value(image, 0.0, 255.0) / 255.0
+  for mean, std, exact in (((0.5,) * 3, (0.5,) * 3, True), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False)):
+    expected = ((image - tf.constant(mean)) / tf.constant(std)).numpy()
+    ours = preprocess.train_image(encoded, seed, size, mean, std, aug, encoded=True)
+    # normalize's fast path needs the image's shape known when tf.data traces the function.
+    shapes, normalize = [], preprocess.normalize
+    monkeypatch.setattr(preprocess, 'normalize', lambda x, *a: shapes.append(x.shape) or normalize(x, *a))
+    traced = tf.function(lambda e: preprocess.train_image(e, seed, size, mean, std, aug, encoded=True))
+    traced.get_concrete_function(tf.TensorSpec([], tf.string))
+    assert shapes == [(size, size, 3)]
+    monkeypatch.undo()
+    if fmt == 'PNG' and exact:
+      np.testing.assert_array_equal(ours.numpy(), expected)
+    elif fmt == 'PNG':
+      np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=1e-5)
+    else:   # the fused decode-and-crop upsamples chroma without the window's neighbours
+      assert np.isclose(ours.numpy(), expected, atol=1e-5).mean() > 0.9
+
+
 def test_eval_is_a_central_crop_scaled_to_minus_one_one():
   pixels = np.zeros((8, 12, 1), np.uint8)
   pixels[2:6, 4:8] = 255  # the central 4×4 square of an 8×12 grayscale image

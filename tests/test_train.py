@@ -78,6 +78,18 @@ def test_synthetic_data_trains_on_device_batches_without_an_input_pipeline(tmp_p
   assert weights['params']['fc']['kernel'].shape[-1] == data.SYNTHETIC_CLASSES
 
 
+def test_a_preset_trains_on_synthetic_data_from_the_command_line(tmp_path):
+  # A preset's epoch-based schedule resolves on the synthetic epoch; LeNet (with GoogLeNet's preset, whose
+  # model options it takes) keeps the compile short.
+  result = _cli('--config=v1', '--config.dataset=synthetic', '--config.total_steps=2', '--config.model=lenet',
+                '--config.image_size=28', '--config.batch_size=8', '--config.log_every_steps=1',
+                f'--workdir={tmp_path}/w', JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'cache'))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'no evaluation of synthetic data' in result.stdout
+  records = read_jsonl(str(tmp_path / 'w' / 'metrics.jsonl'))
+  assert [r['step'] for r in records] == [1, 2] and all(0 <= r['train/input_wait'] <= 1 for r in records)
+
+
 @pytest.fixture
 def learnable_dir(tmp_path):
   """Fashion-MNIST-format files where class k is a bright square in the k-th quadrant, plus noise."""
