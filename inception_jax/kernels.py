@@ -30,11 +30,6 @@ from inception_jax import xla_cpu
 KERNELS = ('auto', 'lax', 'cpu')
 
 
-def _max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
-              padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), ((0, 0), *padding, (0, 0)))
-
-
 def _squared_norms(tree: Any) -> jax.Array:
   """Each leaf's sum of squares (in float32 at least), stacked in `jax.tree.leaves` order."""
   leaves = jax.tree.leaves(tree)
@@ -63,7 +58,8 @@ class Kernels:
   clip_by_global_norm: Callable[[float], optax.GradientTransformation]
 
 
-LAX = Kernels('lax', lax.conv_general_dilated, _max_pool, nn.BatchNorm, _squared_norms,
+# The lax max pool is plain lax.reduce_window; xla_cpu's own forward pass is the same function.
+LAX = Kernels('lax', lax.conv_general_dilated, xla_cpu.reduce_window_max, nn.BatchNorm, _squared_norms,
               optax.clip_by_global_norm)
 CPU = Kernels('cpu', xla_cpu.conv_general_dilated, xla_cpu.max_pool, xla_cpu.BatchNorm, xla_cpu.squared_norms,
               xla_cpu.clip_by_global_norm)

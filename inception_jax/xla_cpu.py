@@ -166,7 +166,8 @@ def _conv_kernel_grad_by_tap_bwd(strides, padding, precision, preferred_element_
 _conv_kernel_grad_by_tap.defvjp(_conv_sliced_kernel_grad_fwd, _conv_kernel_grad_by_tap_bwd)
 
 
-def _reduce_window_max(x, window, strides, padding):
+def reduce_window_max(x, window, strides, padding):
+  """Plain `lax.reduce_window` max pooling of NHWC `x` with explicit padding (the `lax` setting's pool)."""
   return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1),
                            ((0, 0), *padding, (0, 0)))
 
@@ -180,11 +181,11 @@ def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool_cpu(x, window, strides, padding):
-  return _reduce_window_max(x, window, strides, padding)
+  return reduce_window_max(x, window, strides, padding)
 
 
 def _max_pool_cpu_fwd(x, window, strides, padding):
-  y = _reduce_window_max(x, window, strides, padding)
+  y = reduce_window_max(x, window, strides, padding)
   return y, (x, y)
 
 
