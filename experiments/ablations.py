@@ -17,12 +17,14 @@ if __name__ == '__main__':  # first, before JAX and TensorFlow load: this may re
   from experiments import malloc
   malloc.restart_on_tcmalloc()
 
-import argparse
 import dataclasses
 import importlib
 import json
 import os
-import sys
+
+from absl import flags
+
+from experiments import cli
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +57,18 @@ TABLES: dict[str, tuple[str, tuple[Row, ...]]] = {
 }
 
 
+_TABLE = flags.DEFINE_enum('table', None, sorted(TABLES), 'which table to rerun')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'a directory per row, the table in DIR/table.md')
+_ROWS = flags.DEFINE_list('rows', None, 'presets of the table to run (default: all)')
+_STEPS = flags.DEFINE_integer('steps', 100, 'training steps per row')
+_DATASET = flags.DEFINE_string('dataset', 'fashion_mnist', 'the dataset every row trains on')
+_DATA_DIR = flags.DEFINE_string('data_dir', '', "the dataset's files (default: where it is installed)")
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', None,
+                                   "default: the smallest input every row's auxiliary heads take")
+_NO_CACHE = flags.DEFINE_bool('no_cache', False, 'no persistent compilation cache ($JAX_COMPILATION_CACHE_DIR, '
+                              'default ~/.cache/inception_jax/jax)')
+
+
 def preset(name: str):
   return importlib.import_module(f'experiments.configs.{name}').get_config()
 
@@ -68,11 +82,11 @@ def g_macs(config) -> float:
   return summary.summarize(model, (1, size, size, 3)).macs / 1e9
 
 
-def run_row(row: Row, args, image_size: int) -> dict:
+def run_row(row: Row, workdir: str, steps: int, dataset: str, data_dir: str, image_size: int) -> dict:
   """Trains one row (or reads its finished result)."""
   from experiments.configs import base
   from inception_jax import train
-  workdir = os.path.join(args.workdir, row.preset)
+  workdir = os.path.join(workdir, row.preset)
   result_path = os.path.join(workdir, 'result.json')
   if os.path.exists(result_path):
     with open(result_path) as f:
@@ -80,10 +94,10 @@ def run_row(row: Row, args, image_size: int) -> dict:
     print(f'--- {row.preset}: finished before, top-1 {result["eval/top1"]:.2%}', flush=True)
     return result
   print(f'--- {row.preset}: {row.change}', flush=True)
-  config = base.short_run(preset(row.preset), args.steps, args.dataset, image_size)
-  config.data_dir = args.data_dir
+  config = base.short_run(preset(row.preset), steps, dataset, image_size)
+  config.data_dir = data_dir
   result = train.train_and_evaluate(config, workdir)
-  result = {**result, 'g_macs': g_macs(config), 'image_size': config.image_size, 'steps': args.steps}
+  result = {**result, 'g_macs': g_macs(config), 'image_size': config.image_size, 'steps': steps}
   with open(result_path + '.tmp', 'w') as f:
     json.dump(result, f)
   os.replace(result_path + '.tmp', result_path)  # a row counts as finished only once this is whole
@@ -94,12 +108,12 @@ def _pct(x: float | None) -> str:
   return '–' if x is None else f'{x:g}'
 
 
-def table(name: str, results: dict[str, dict], args) -> str:
+def table(name: str, results: dict[str, dict], steps: int, dataset: str) -> str:
   title, rows = TABLES[name]
   sizes = sorted({r['image_size'] for r in results.values()})
   lines = [
       f'### {title}', '',
-      f'Ours: {args.steps} steps of batch 32 on {args.dataset} at {"/".join(map(str, sizes))} px, one run each. '
+      f'Ours: {steps} steps of batch 32 on {dataset} at {"/".join(map(str, sizes))} px, one run each. '
       'These small-data numbers are not the paper\'s ImageNet numbers and are not comparable to them; '
       'only the differences between rows under the same budget say something, and a single short run is '
       'noisy.', '',
@@ -115,48 +129,38 @@ def table(name: str, results: dict[str, dict], args) -> str:
   return '\n'.join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--table', required=True, choices=sorted(TABLES))
-  parser.add_argument('--workdir', required=True)
-  parser.add_argument('--rows', help='comma-separated presets of the table (default: all)')
-  parser.add_argument('--steps', type=int, default=100, help='training steps per row')
-  parser.add_argument('--dataset', default='fashion_mnist')
-  parser.add_argument('--data_dir', default='', help="the dataset's files (default: where it is installed)")
-  parser.add_argument('--image_size', type=int, default=None,
-                      help="default: the smallest input every row's auxiliary heads take")
-  parser.add_argument('--no_cache', action='store_true',
-                      help='no persistent compilation cache ($JAX_COMPILATION_CACHE_DIR, default '
-                           '~/.cache/inception_jax/jax)')
-  args = parser.parse_args(argv)
-  rows = TABLES[args.table][1]
-  if args.rows:
-    wanted = args.rows.split(',')
-    unknown = [w for w in wanted if w not in {r.preset for r in rows}]
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    cli.fail(f'unexpected argument {argv[1]!r}; the settings are flags (see --help)')
+  if not _TABLE.value or not _WORKDIR.value:
+    cli.fail(f'--table and --workdir are required; the tables: {", ".join(sorted(TABLES))}')
+  rows = TABLES[_TABLE.value][1]
+  if _ROWS.value:
+    unknown = [w for w in _ROWS.value if w not in {r.preset for r in rows}]
     if unknown:
-      parser.error(f'--rows: {unknown[0]!r} is not a row of {args.table}; its rows: '
-                   f'{", ".join(r.preset for r in rows)}')
-    rows = tuple(r for r in rows if r.preset in wanted)
-  if args.steps < 1:
-    parser.error(f'--steps must be positive, got {args.steps}')
+      cli.fail(f'--rows: {unknown[0]!r} is not a row of {_TABLE.value}; its rows: '
+               f'{", ".join(r.preset for r in rows)}')
+    rows = tuple(r for r in rows if r.preset in _ROWS.value)
+  if _STEPS.value < 1:
+    cli.fail(f'--steps must be positive, got {_STEPS.value}')
   from absl import logging
   logging.set_verbosity(logging.WARNING)
-  if not args.no_cache:
+  if not _NO_CACHE.value:
     from inception_jax import compile_cache
     compile_cache.enable_persistent_cache()
   from experiments.configs import base
   # One input size for the whole table: the largest any row's auxiliary heads need.
-  image_size = args.image_size or max(base.short_run(preset(r.preset), 1).image_size for r in rows)
+  image_size = _IMAGE_SIZE.value or max(base.short_run(preset(r.preset), 1).image_size for r in rows)
   try:
-    results = {row.preset: run_row(row, args, image_size) for row in rows}
+    results = {row.preset: run_row(row, _WORKDIR.value, _STEPS.value, _DATASET.value, _DATA_DIR.value,
+                                   image_size) for row in rows}
   except (ValueError, FloatingPointError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  text = table(args.table, results, args)
-  with open(os.path.join(args.workdir, 'table.md'), 'w') as f:
+    cli.fail(e)
+  text = table(_TABLE.value, results, _STEPS.value, _DATASET.value)
+  with open(os.path.join(_WORKDIR.value, 'table.md'), 'w') as f:
     f.write(text + '\n')
   print(text, flush=True)
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main)

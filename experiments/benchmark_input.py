@@ -17,18 +17,33 @@ if __name__ == '__main__':  # first, before JAX and TensorFlow load: this may re
   from experiments import malloc
   malloc.restart_on_tcmalloc()
 
-import argparse
 import json
 import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
 
+from absl import flags
 import numpy as np
 
+from experiments import cli
 from inception_jax import data
+
+_SOURCE = flags.DEFINE_string('source', 'fashion_mnist', f'one of: {", ".join(data.VALID_SOURCES)}')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, "the source's files (default: where it is installed)")
+_FAKE_JPEGS = flags.DEFINE_integer('fake_jpegs', 0, 'generate this many 500×375 JPEGs in a temporary '
+                                   'ImageFolder and read those', lower_bound=0)
+_SPLIT = flags.DEFINE_enum('split', 'train', ['train', 'eval'], 'which pipeline to time')
+_SIZE = flags.DEFINE_integer('size', 299, 'output image size', lower_bound=1)
+_BATCH = flags.DEFINE_integer('batch', 64, 'batch size', lower_bound=1)
+_STEPS = flags.DEFINE_integer('steps', 30, 'timed batches', lower_bound=1)
+_WARMUP = flags.DEFINE_integer('warmup', 3, 'untimed batches first', lower_bound=0)
+_COLOR_DISTORT = flags.DEFINE_bool('color_distort', False, "the training pipeline's photometric distortions")
+_REFERENCE = flags.DEFINE_bool('reference', False,
+                               'also time a plain tf.data pipeline on the same files, alternating with ours')
+_ROUNDS = flags.DEFINE_integer('rounds', 1, 'with --reference: ours/reference pairs timed', lower_bound=1)
+_JSON = flags.DEFINE_bool('json', False, 'end with one JSON line')
 
 
 def make_fake_jpegs(root: str, count: int, classes: int = 10, size=(500, 375), seed: int = 0) -> None:
@@ -89,70 +104,53 @@ def cores() -> int:
   return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m experiments.benchmark_input',
-                                   description=__doc__.split('\n')[0])
-  parser.add_argument('--source', default='fashion_mnist',
-                      help=f'one of: {", ".join(data.VALID_SOURCES)}')
-  parser.add_argument('--data_dir', default=None)
-  parser.add_argument('--fake_jpegs', type=int, default=0,
-                      help='generate this many 500×375 JPEGs in a temporary ImageFolder and read those')
-  parser.add_argument('--split', choices=('train', 'eval'), default='train')
-  parser.add_argument('--size', type=int, default=299)
-  parser.add_argument('--batch', type=int, default=64)
-  parser.add_argument('--steps', type=int, default=30)
-  parser.add_argument('--warmup', type=int, default=3)
-  parser.add_argument('--color_distort', action='store_true')
-  parser.add_argument('--reference', action='store_true',
-                      help='also time a plain tf.data pipeline on the same files, alternating with ours')
-  parser.add_argument('--rounds', type=int, default=1, help='with --reference: ours/reference pairs timed')
-  parser.add_argument('--json', action='store_true', help='end with one JSON line')
-  args = parser.parse_args(argv)
-  if args.reference and (args.split != 'train' or not (args.fake_jpegs or args.source.startswith('imagefolder'))):
-    print('error: --reference times the training split of JPEG files: give --fake_jpegs=N or '
-          '--source=imagefolder:DIR', file=sys.stderr)
-    return 2
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    cli.fail(f'unexpected argument {argv[1]!r}; the settings are flags (see --help)')
+  jpeg_files = _FAKE_JPEGS.value or _SOURCE.value.startswith('imagefolder')
+  if _REFERENCE.value and (_SPLIT.value != 'train' or not jpeg_files):
+    cli.fail('--reference times the training split of JPEG files: give --fake_jpegs=N or '
+             '--source=imagefolder:DIR')
   try:
-    spec = data.ImageSpec(args.size)
+    spec = data.ImageSpec(_SIZE.value)
     with tempfile.TemporaryDirectory() as tmp:
-      source_name = args.source
-      if args.fake_jpegs:
-        make_fake_jpegs(tmp, args.fake_jpegs)
+      source_name = _SOURCE.value
+      if _FAKE_JPEGS.value:
+        make_fake_jpegs(tmp, _FAKE_JPEGS.value)
         source_name = f'imagefolder:{tmp}'
       if source_name == 'synthetic':
-        batches = lambda: data.synthetic_batches(spec, args.batch, 1000)  # noqa: E731
+        batches = lambda: data.synthetic_batches(spec, _BATCH.value, 1000)  # noqa: E731
         label = 'synthetic (on device)'
       else:
-        source = data.create_source(source_name, args.data_dir, holdout_fraction=0.1)
-        label = f'{source.name} {args.split}'
-        if args.split == 'train':
+        source = data.create_source(source_name, _DATA_DIR.value, holdout_fraction=0.1)
+        label = f'{source.name} {_SPLIT.value}'
+        if _SPLIT.value == 'train':
           batches = lambda: data.train_batches(  # noqa: E731
-              source, spec, args.batch, augment=data.TrainAugment(color_distort=args.color_distort))
+              source, spec, _BATCH.value, augment=data.TrainAugment(color_distort=_COLOR_DISTORT.value))
         else:
           # Eval makes one pass; cycle it so a small split can still be timed for `steps` batches.
-          ev = data.eval_batches(source, spec, args.batch)
+          ev = data.eval_batches(source, spec, _BATCH.value)
           batches = lambda: (b for _ in iter(int, 1) for b in ev)  # noqa: E731
       ours, reference, ours_cpu, reference_cpu = [], [], [], []
-      for _ in range(args.rounds if args.reference else 1):
-        rate, cpu_ms = measure(batches(), args.batch, args.steps, args.warmup)
+      for _ in range(_ROUNDS.value if _REFERENCE.value else 1):
+        rate, cpu_ms = measure(batches(), _BATCH.value, _STEPS.value, _WARMUP.value)
         ours.append(rate)
         ours_cpu.append(cpu_ms)
-        if args.reference:
+        if _REFERENCE.value:
           root = source_name.partition(':')[2]
           paths = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files
                          if f.lower().endswith(('.jpg', '.jpeg')))
-          rate, cpu_ms = measure(reference_batches(paths, args.size, args.batch), args.batch, args.steps,
-                                 args.warmup)
+          rate, cpu_ms = measure(reference_batches(paths, _SIZE.value, _BATCH.value), _BATCH.value, _STEPS.value,
+                                 _WARMUP.value)
           reference.append(rate)
           reference_cpu.append(cpu_ms)
   except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+    cli.fail(e)
   n = cores()
   rate = statistics.median(ours)
-  record = {'source': label, 'size': args.size, 'batch': args.batch, 'cores': n, 'images_per_sec': rate,
+  record = {'source': label, 'size': _SIZE.value, 'batch': _BATCH.value, 'cores': n, 'images_per_sec': rate,
             'images_per_sec_per_core': rate / n, 'rounds': ours, 'cpu_ms_per_image': statistics.median(ours_cpu)}
-  print(f'{label}: {rate:,.0f} images/s at {args.size}×{args.size}, batch {args.batch}, {n} CPU cores '
+  print(f'{label}: {rate:,.0f} images/s at {_SIZE.value}×{_SIZE.value}, batch {_BATCH.value}, {n} CPU cores '
         f'({rate / n:,.0f} per core; {record["cpu_ms_per_image"]:.2f} CPU ms per image)')
   if reference:
     ref = statistics.median(reference)
@@ -166,10 +164,10 @@ def main(argv=None) -> int:
           f'{record["reference_cpu_ms_per_image"]:.2f} CPU ms per image); ours / reference: '
           f'{record["ratio_to_reference"]:.2f}× (median of {len(ratios)} alternating pairs: '
           f'{", ".join(f"{r:.2f}" for r in ratios)}), {record["cpu_ratio_to_reference"]:.2f}× in CPU time')
-  if args.json:
+  if _JSON.value:
     print(json.dumps(record))
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(main)

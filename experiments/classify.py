@@ -9,11 +9,16 @@ the WordNet synsets of ILSVRC-2012 that TFDS ships.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
+from absl import flags
 import numpy as np
+
+from experiments import cli
+
+_WEIGHTS = flags.DEFINE_string('weights', None, 'directory written by experiments.convert')
+_MODEL = flags.DEFINE_string('model', None, 'expected model (name or alias); checked against the weights')
+_TOP = flags.DEFINE_integer('top', 5, 'how many classes to print per image', lower_bound=1)
 
 
 def imagenet_class_names() -> list[str]:
@@ -25,49 +30,41 @@ def imagenet_class_names() -> list[str]:
   return [f'{s} {name.split(",")[0]}' for s, name in zip(synsets, readable.IMAGENET_LABELS_LIST)]
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--weights', required=True, help='directory written by experiments.convert')
-  parser.add_argument('--model', help='expected model (name or alias); checked against the weights')
-  parser.add_argument('--top', type=int, default=5)
-  parser.add_argument('images', nargs='+')
-  args = parser.parse_args(argv)
-
+def main(argv: list[str]) -> None:
+  images = argv[1:]
+  if not _WEIGHTS.value or not images:
+    cli.fail('give --weights=DIR (written by experiments.convert) and one or more image files')
   import jax
   import tensorflow as tf
 
   from inception_jax import convert, models
   from inception_jax.data import preprocess
 
-  def fail(message):
-    print(f'error: {message}', file=sys.stderr)
-    sys.exit(2)
-
   try:
-    pretrained = convert.load(args.weights)
+    pretrained = convert.load(_WEIGHTS.value)
   except (convert.ConversionError, ValueError) as e:
-    fail(str(e))
-  if args.model and models.resolve_name(args.model) != pretrained.model:
-    fail(f'--model={args.model} but {args.weights} holds {pretrained.model}')
-  missing = [p for p in args.images if not os.path.isfile(p)]
+    cli.fail(str(e))
+  if _MODEL.value and models.resolve_name(_MODEL.value) != pretrained.model:
+    cli.fail(f'--model={_MODEL.value} but {_WEIGHTS.value} holds {pretrained.model}')
+  missing = [p for p in images if not os.path.isfile(p)]
   if missing:
-    fail(f'no such image: {missing[0]}')
+    cli.fail(f'no such image: {missing[0]}')
   info = models.model_info(pretrained.model)
   model = pretrained.create_model()
   names = imagenet_class_names() if pretrained.num_classes == 1000 else [
       f'class {i}' for i in range(pretrained.num_classes)]
   predict = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False).logits))
-  for path in args.images:
+  for path in images:
     try:
       image = preprocess.eval_image(tf.constant(tf.io.read_file(path)), info.input_size, info.mean,
                                     info.std, info.crop_pct, encoded=True)
     except tf.errors.InvalidArgumentError:
-      fail(f'{path}: not a readable image (JPEG, PNG, GIF or BMP)')
+      cli.fail(f'{path}: not a readable image (JPEG, PNG, GIF or BMP)')
     probs = np.asarray(predict(pretrained.variables, image.numpy()[None]))[0]
     print(path)
-    for i in np.argsort(-probs)[:args.top]:
+    for i in np.argsort(-probs)[:_TOP.value]:
       print(f'  {probs[i]:7.2%}  {names[i]}')
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main)

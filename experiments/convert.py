@@ -11,35 +11,35 @@ variables (orbax). Use it with `inception_jax.convert.load_pretrained(DIR)`, `ex
 
 from __future__ import annotations
 
-import argparse
-import sys
-
+from absl import flags
 import numpy as np
 
+from experiments import cli
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--from', dest='source', help='library:architecture, e.g. timm:inception_v4')
-  parser.add_argument('--src', help='the weights file (.keras/.h5, .pth/.pt/.bin/.safetensors)')
-  parser.add_argument('--out', help='new directory to write')
-  parser.add_argument('--list', action='store_true', help='list the sources and exit')
-  args = parser.parse_args(argv)
+_FROM = flags.DEFINE_string('from', None, 'library:architecture, e.g. timm:inception_v4 (see --list)')
+_SRC = flags.DEFINE_string('src', None, 'the weights file (.keras/.h5, .pth/.pt/.bin/.safetensors)')
+_OUT = flags.DEFINE_string('out', None, 'new directory to write')
+_LIST = flags.DEFINE_bool('list', False, 'list the sources and exit')
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    cli.fail(f'unexpected argument {argv[1]!r}; convert takes only --from, --src, --out or --list')
   from inception_jax import convert  # after parsing: keeps --help fast
-  if args.list:
+  if _LIST.value:
     for name, source in sorted(convert.SOURCES.items()):
       print(f'{name:28s} -> {source.model} {source.overrides or ""}')
     return
-  missing = [f'--{n}' for n, v in (('from', args.source), ('src', args.src), ('out', args.out)) if not v]
+  missing = [f'--{n}' for n, v in (('from', _FROM.value), ('src', _SRC.value), ('out', _OUT.value)) if not v]
   if missing:
-    parser.error(f'{", ".join(missing)} required (or --list)')
+    cli.fail(f'{", ".join(missing)} required (or --list to see the sources)')
   try:
-    pretrained = convert.convert(args.source, args.src)
-    directory = convert.save(pretrained, args.out)
+    pretrained = convert.convert(_FROM.value, _SRC.value)
+    directory = convert.save(pretrained, _OUT.value)
   except (convert.ConversionError, OSError) as e:  # OSError: an --out the system refuses
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  count = sum(np.size(a) for part in ('params',) for a in _leaves(pretrained.variables[part]))
-  print(f'{args.source} -> {pretrained.model} ({pretrained.num_classes} classes'
+    cli.fail(e)
+  count = sum(np.size(a) for a in _leaves(pretrained.variables['params']))
+  print(f'{_FROM.value} -> {pretrained.model} ({pretrained.num_classes} classes'
         f'{", auxiliary heads" if pretrained.aux_logits else ""}, {count:,} parameters): {directory}')
 
 
@@ -49,4 +49,4 @@ def _leaves(tree):
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main)

@@ -21,9 +21,9 @@ if __name__ == '__main__':  # first, before JAX and TensorFlow load: this may re
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from experiments import imagenet
+from experiments import cli, imagenet
 from experiments.configs import base
 
 _EVERY = flags.DEFINE_integer('every', 20, 'measure every this many steps')
@@ -90,7 +90,7 @@ def main(argv):
   imagenet.quiet_logging()
   imagenet.enable_compilation_cache()
   from inception_jax import gradient_flow
-  config, workdir = imagenet._CONFIG.value, imagenet._WORKDIR.value
+  config, workdir = imagenet._CONFIG.value, imagenet.require_workdir()
   try:
     if _EVERY.value < 1:
       raise ValueError(f'--every must be a positive number of steps, got {_EVERY.value}')
@@ -111,9 +111,8 @@ def main(argv):
     with open(os.path.join(workdir, 'summary.txt'), 'w') as f:
       f.write('\n\n'.join(texts) + '\n')
   except (ValueError, FloatingPointError) as e:
-    imagenet._fail(str(e))
+    cli.fail(e)
 
 
 if __name__ == '__main__':
-  argv = imagenet._parse(sys.argv)
-  app.run(main, argv=argv[:1])
+  cli.run(main, parser=imagenet.parse)

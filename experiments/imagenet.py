@@ -19,10 +19,11 @@ import re
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 import ml_collections
 from ml_collections import config_flags
 
+from experiments import cli
 from experiments.configs import base
 
 CONFIGS = os.path.join(os.path.dirname(__file__), 'configs')
@@ -33,23 +34,28 @@ EXIT_NONFINITE = 3
 EXIT_PREEMPTED = 75
 
 
-def _fail(message: str) -> None:
-  """Bad input: one line on stderr, exit status 2. (A library's message over several lines is joined.)"""
-  line = ' '.join(part.strip() for part in str(message).splitlines() if part.strip())
-  print(f'error: {line}', file=sys.stderr)
-  sys.exit(2)
-
-
-def _parse(argv: list[str]) -> list[str]:
-  """Parses flags up front so a bad override is one line, not a traceback from inside absl."""
-  argv = _preset_path(argv)
+def parse(argv) -> list[str]:
+  """The flag parser of the tools that train a preset (`cli.run(main, parser=imagenet.parse)`): a preset
+  name becomes its file, and a bad preset, override or flag is one line, not a traceback from inside absl
+  or ml_collections."""
+  argv = _preset_path(list(argv))
   try:
-    flags.FLAGS(argv)
+    positional = flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(_config_file_error(e) or _wrong_type(e, argv) or str(e))
+    cli.fail(_config_file_error(e) or _wrong_type(e, argv) or str(e))
   except (AttributeError, KeyError, IndexError) as e:  # ml_collections: an override of a missing key
-    _fail(_unknown_key(argv) or f'unknown config key ({e})')
-  return argv
+    cli.fail(_unknown_key(argv) or f'unknown config key ({e})')
+  if _CONFIG.value is None:
+    cli.fail('--config is required: a preset (e.g. --config=v3:fashion_mnist) or a config file')
+  if len(positional) > 1:
+    cli.fail(f'unexpected argument {positional[1]!r}; settings are flags (--config.KEY=VALUE)')
+  return positional
+
+
+def require_workdir() -> str:
+  if not _WORKDIR.value:
+    cli.fail('--workdir is required: the directory for checkpoints, logs and metrics')
+  return _WORKDIR.value
 
 
 def _config_file_error(e: Exception) -> str | None:
@@ -127,7 +133,7 @@ def _preset_path(argv: list[str]) -> list[str]:
         if not os.path.exists(path) or name in ('base', '__init__'):
           presets = sorted(f[:-3] for f in os.listdir(CONFIGS)
                            if f.endswith('.py') and f not in ('base.py', '__init__.py'))
-          _fail(f'unknown preset {name!r}; valid presets: {", ".join(presets)} (or a config file)')
+          cli.fail(f'unknown preset {name!r}; valid presets: {", ".join(presets)} (or a config file)')
         a = f'--config={path}{sep}{arg}'
     out.append(a)
   return out
@@ -148,7 +154,6 @@ _HEARTBEAT = flags.DEFINE_integer(
 _COMPILATION_CACHE = flags.DEFINE_bool(
     'compilation_cache', True, 'keep compiled programs in $JAX_COMPILATION_CACHE_DIR (default '
     '~/.cache/inception_jax/jax), so that a resumed or repeated run skips XLA\'s compiler')
-flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def command_line_keys(argv: list[str]) -> set[str]:
@@ -197,11 +202,12 @@ def main(argv):
   if _COORDINATOR.value or _MULTIHOST.value:
     start_distributed()
   enable_compilation_cache()
+  workdir = require_workdir()
   from inception_jax import train  # after flag parsing: keeps --help fast
   start = time.perf_counter()
   try:
     _command_line_durations_win(_CONFIG.value, sys.argv)
-    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    results = train.train_and_evaluate(_CONFIG.value, workdir)
   except train.Preempted as e:
     print(str(e), file=sys.stderr, flush=True)
     sys.exit(EXIT_PREEMPTED)
@@ -211,7 +217,7 @@ def main(argv):
   except (ValueError, OSError) as e:
     # A value the code rejects, or a path the system refuses (below a file, not writable): the message
     # names it, and a traceback would add nothing the user can act on.
-    _fail(str(e))
+    cli.fail(e)
   if results:
     print(f'final test accuracy over all {int(results["eval/count"]):,} examples: '
           f'top-1 {results["eval/top1"]:.2%}, top-5 {results["eval/top5"]:.2%}'
@@ -235,5 +241,4 @@ def machine_speed() -> str:
 
 
 if __name__ == '__main__':
-  argv = _parse(sys.argv)
-  app.run(main, argv=argv[:1])  # flags are parsed already; a second parse would redefine the overrides
+  cli.run(main, parser=parse)

@@ -28,12 +28,11 @@ import json
 import math
 import os
 import re
-import sys
 import tempfile
 
-from absl import app, flags
+from absl import flags
 
-from experiments import benchmark, imagenet, op_profile
+from experiments import cli, imagenet, op_profile
 
 _DEVICES = flags.DEFINE_list('devices', None, 'device counts (default: 1, 2, 4, ... up to all devices)')
 _MODE = flags.DEFINE_enum('mode', 'weak', ['weak', 'strong'],
@@ -87,6 +86,7 @@ def collective_share(trace_dir: str, devices: int, step_s: float, steps: int = 3
 def run(config, counts: list[int], mode: str, batch: int, steps: int, warmup: int, profile: bool,
         scratch: str) -> list[dict]:
   import jax
+  from inception_jax import step_timing
   records = []
   for n in counts:
     c = config.copy_and_resolve_references()
@@ -95,7 +95,7 @@ def run(config, counts: list[int], mode: str, batch: int, steps: int, warmup: in
     if c.batch_size % n:
       raise ValueError(f'--batch {batch} is not divisible by {n} devices (strong scaling splits it)')
     trace_dir = os.path.join(scratch, f'trace_{n}') if profile else None
-    m = benchmark.measure_train_step(c, steps, warmup, devices=sub_mesh_devices(n), trace_dir=trace_dir)
+    m = step_timing.measure_train_step(c, steps, warmup, devices=sub_mesh_devices(n), trace_dir=trace_dir)
     records.append({
         'devices': n, 'processes': jax.process_count(), 'mode': mode, 'global_batch': c.batch_size,
         'per_device_batch': c.batch_size // n, 'images_per_sec': c.batch_size / m['step_s'],
@@ -183,7 +183,7 @@ def main(argv):
     with tempfile.TemporaryDirectory() as scratch:
       records = run(config, counts, _MODE.value, batch, _STEPS.value, _WARMUP.value, _PROFILE.value, scratch)
   except ValueError as e:
-    imagenet._fail(str(e))
+    cli.fail(e)
   text = table(records)
   print(text, flush=True)
   if workdir and jax.process_index() == 0:
@@ -197,8 +197,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  args = sys.argv
-  if not any(a.startswith('--workdir') for a in args):
-    args = args + ['--workdir=']   # optional here: without it only the table is printed
-  argv = imagenet._parse(args)
-  app.run(main, argv=argv[:1])
+  cli.run(main, parser=imagenet.parse)

@@ -17,9 +17,9 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from experiments import imagenet
+from experiments import cli, imagenet
 
 _SEEDS = flags.DEFINE_string('seeds', '3', 'a count N (seeds 0..N-1) or a comma-separated list of seeds')
 
@@ -32,9 +32,9 @@ def main(argv):
   try:
     chosen = seeds.parse_seeds(_SEEDS.value)
   except ValueError as e:
-    imagenet._fail(str(e))
+    cli.fail(e)
   from inception_jax import train  # after flag parsing and the check above: TensorFlow loads with it
-  config, workdir = imagenet._CONFIG.value, imagenet._WORKDIR.value
+  config, workdir = imagenet._CONFIG.value, imagenet.require_workdir()
   try:
     imagenet._command_line_durations_win(config, sys.argv)
     results = seeds.run(config, workdir, chosen, train.train_and_evaluate)
@@ -45,7 +45,7 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(imagenet.EXIT_NONFINITE)
   except (ValueError, OSError) as e:
-    imagenet._fail(str(e))
+    cli.fail(e)
   summary = seeds.summarize(results)
   text = seeds.table(summary, chosen)
   record = {'config': config.get('model'), 'seeds': chosen, 'summary': summary}
@@ -58,5 +58,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  argv = imagenet._parse(sys.argv)
-  app.run(main, argv=argv[:1])
+  cli.run(main, parser=imagenet.parse)

@@ -14,6 +14,8 @@ with `decoupled=True`.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -110,6 +112,11 @@ def decoupled_weight_decay(learning_rate: ScalarOrSchedule,
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _update_rules() -> dict[str, Callable[..., optax.GradientTransformation]]:
+  return {'rmsprop': tf_rmsprop, 'sgd': sgd, 'nesterov': functools.partial(sgd, nesterov=True),
+          'adamw': optax.adam}
+
+
 def create_optimizer(
     name: str,
     schedule: ScalarOrSchedule,
@@ -118,18 +125,14 @@ def create_optimizer(
     weight_decay: float = 0.0,
     decoupled: bool = False,
     params: PyTree | None = None,
-    momentum: float = 0.9,
-    rmsprop_decay: float = 0.9,
-    rmsprop_epsilon: float = 1.0,
-    adam_b1: float = 0.9,
-    adam_b2: float = 0.999,
-    adam_epsilon: float = 1e-8,
     kernels: str = 'auto',
+    **kwargs,
 ) -> optax.GradientTransformation:
   """The optimizer of a config: optional clipping, the update rule, optional decoupled weight decay.
 
   Args:
-    name: 'rmsprop' (TF-RMSProp, `tf_rmsprop`), 'sgd', 'nesterov' (SGD with Nesterov momentum) or 'adamw'.
+    name: the update rule: 'rmsprop' (TF-RMSProp, `tf_rmsprop`), 'sgd', 'nesterov' (`sgd` with Nesterov
+      momentum) or 'adamw' (`optax.adam`; its decay is the decoupled one below).
     schedule: the learning rate, a float or a schedule (see `create_schedule`).
     clip_norm: if set, gradients are first clipped to this global norm (Rethinking clips at 2.0), before
       any optimizer state sees them.
@@ -140,22 +143,21 @@ def create_optimizer(
       kernels only (`losses.decay_mask`).
     params: optional params tree; when given, the decay mask is computed from it now instead of lazily
       at `init`, which also checks the tree has kernels to decay.
-    momentum: momentum of 'sgd', 'nesterov' and 'rmsprop'.
-    rmsprop_decay, rmsprop_epsilon: TF-RMSProp's decay and ε (inside the root).
-    adam_b1, adam_b2, adam_epsilon: Adam's moments' decays and ε.
     kernels: how the clipping norm is summed (`inception_jax.kernels`; the same value either way).
+    **kwargs: the update rule's own settings, passed through (a config's `optimizer_kwargs[name]`), e.g.
+      `decay`, `epsilon`, `momentum` for 'rmsprop'; `momentum` for 'sgd'; `b1`, `b2`, `eps` for 'adamw'.
 
   Returns:
     An optax GradientTransformation. With decoupled decay, `update` must be given the params.
   """
-  if name == 'rmsprop':
-    base = tf_rmsprop(schedule, decay=rmsprop_decay, momentum=momentum, epsilon=rmsprop_epsilon)
-  elif name in ('sgd', 'nesterov'):
-    base = sgd(schedule, momentum=momentum, nesterov=name == 'nesterov')
-  elif name == 'adamw':
-    base = optax.adam(schedule, b1=adam_b1, b2=adam_b2, eps=adam_epsilon)
-  else:
+  rules = _update_rules()
+  if name not in rules:
     raise ValueError(f'unknown optimizer {name!r}; valid names: {", ".join(OPTIMIZERS)}')
+  accepted = set(inspect.signature(rules[name]).parameters) - {'learning_rate', 'nesterov'}
+  unknown = sorted(set(kwargs) - accepted)
+  if unknown:
+    raise ValueError(f'{name} has no setting {unknown[0]!r}; its settings: {", ".join(sorted(accepted))}')
+  base = rules[name](schedule, **kwargs)
   if clip_norm is not None and not clip_norm > 0:
     raise ValueError(f'clip_norm must be positive or None, got {clip_norm}')
   if not weight_decay >= 0:

@@ -1,6 +1,6 @@
 """Per-block parameter and multiply-add counts of a model, from shapes alone.
 
-    python -m inception_jax.summary v3 [--size=299] [--classes=1000] [--aux] [--xla]
+    python -m experiments.summary v3 [--size=299] [--classes=1000] [--aux] [--xla]
 
 MACs count the multiply-adds of convolutions and dense layers (what torchvision, timm and the papers call
 "FLOPs" or "ops"), for one image in eval mode. Shapes come from `jax.eval_shape`, so even VGG-16 is summarised
@@ -10,16 +10,13 @@ forward pass; XLA skips the products with the zeros of 'SAME' padding, so it rea
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from inception_jax import models
 from inception_jax.models.blocks import block_of
 
 
@@ -116,31 +113,3 @@ def format_table(summary: Summary, title: str = '') -> str:
   lines.append(f'with BN running statistics (as Keras counts): {summary.params + summary.batch_stats:,}')
   lines.append(f'multiply-adds per image: {summary.macs / 1e9:.3f} G')
   return '\n'.join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m inception_jax.summary', description=__doc__.split('\n')[0])
-  parser.add_argument('model', help=f'one of: {", ".join(models.list_models())}')
-  parser.add_argument('--size', type=int, default=None, help="input size (default: the model's)")
-  parser.add_argument('--classes', type=int, default=1000)
-  parser.add_argument('--aux', action='store_true', help='count the auxiliary heads too (training mode)')
-  parser.add_argument('--xla', action='store_true', help="cross-check MACs with XLA's cost analysis")
-  args = parser.parse_args(argv)
-  try:
-    info = models.model_info(args.model)
-    size = args.size or info.input_size
-    model = models.create_model(info.name, num_classes=args.classes, aux_logits=args.aux)
-    summary = summarize(model, (1, size, size, 3), train=args.aux)
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(format_table(summary, f'{info.name} @ {size}×{size}, {args.classes} classes'
-                              f'{", with aux heads" if args.aux else ""}'))
-  if args.xla:
-    flops = xla_flops(model, (1, size, size, 3))
-    print(f'XLA cost analysis: {flops / 2e9:.3f} G multiply-add equivalents (FLOPs / 2, all ops)')
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())

@@ -135,12 +135,12 @@ def build_optimizer(config: ml_collections.ConfigDict, total_steps: int, steps_p
       config.schedule, base_lr, total_steps=total_steps,
       warmup_steps=steps('warmup', config, steps_per_epoch, default=0),
       decay_rate=config.get('decay_rate'), decay_steps=decay_steps)
+  if config.optimizer not in config.optimizer_kwargs:
+    raise ValueError(f'unknown optimizer {config.optimizer!r}; valid names: {", ".join(optim.OPTIMIZERS)}')
   tx = optim.create_optimizer(
       config.optimizer, schedule, clip_norm=config.clip_norm or None,
-      weight_decay=config.weight_decay, decoupled=config.decoupled_weight_decay,
-      momentum=config.momentum, rmsprop_decay=config.rmsprop_decay, rmsprop_epsilon=config.rmsprop_epsilon,
-      adam_b1=config.adam_b1, adam_b2=config.adam_b2, adam_epsilon=config.adam_epsilon,
-      kernels=config.kernels)
+      weight_decay=config.weight_decay, decoupled=config.decoupled_weight_decay, kernels=config.kernels,
+      **config.optimizer_kwargs[config.optimizer].to_dict())
   return tx, schedule
 
 

@@ -92,12 +92,14 @@ def test_max_batch_is_the_largest_that_fits_with_and_without_remat(tmp_path):
 def test_remat_shrinks_what_the_backward_pass_keeps(remat, at_most):
   # Measured on the program JAX hands to the compiler, so it holds for any backend (XLA:CPU may still
   # schedule the recomputation early: its own memory figure is not the test).
-  from experiments import benchmark
-  config = benchmark.config_for('v3', 2, 75, 'float32', aux=False)
+  from experiments.configs import base
+  from inception_jax import memory
+  config = base.get_config()
+  config.model, config.batch_size, config.image_size, config.aux_logits = 'inception_v3', 2, 75, False
   kept = {}
   for mode in ('', remat):
     config.remat = mode
-    kept[mode] = benchmark.saved_bytes_per_image(config)
+    kept[mode] = memory.saved_bytes_per_image(config)
   # v3's 35×35 modules alone keep more than 1 MiB per image at 75 px.
   assert kept[''] > 2**20 and kept[remat] <= at_most * kept['']
 

@@ -77,13 +77,14 @@ def test_rethinking_table3_rows_each_add_one_change():
   # inception_v3 is inception_v2 with both switches flipped (stem='3x3', aux_bn=True).
   assert changes('v2_factorized_7x7', 'v3') == {'model': 'inception_v3', 'model_overrides.stem': None}
   v2 = load('v2')
-  assert (v2.optimizer, v2.momentum, v2.label_smoothing) == ('sgd', 0.9, 0.0)
+  assert (v2.optimizer, v2.optimizer_kwargs.sgd.momentum, v2.label_smoothing) == ('sgd', 0.9, 0.0)
   assert models.create_model('inception_v2').stem == '7x7' and not models.create_model('inception_v2').aux_bn
 
 
 def test_v3_recipe_is_the_papers():
   c = load('v3')
-  assert (c.optimizer, c.rmsprop_decay, c.rmsprop_epsilon, c.momentum) == ('rmsprop', 0.9, 1.0, 0.9)
+  assert (c.optimizer, c.optimizer_kwargs.rmsprop.to_dict()) == (
+      'rmsprop', {'decay': 0.9, 'epsilon': 1.0, 'momentum': 0.9})
   assert (c.learning_rate, c.schedule, c.decay_rate, c.decay_epochs) == (0.045, 'staircase_exponential', 0.94, 2.0)
   assert (c.clip_norm, c.label_smoothing, c.aux_weight, c.weight_decay) == (2.0, 0.1, 0.4, 4e-5)
   assert c.ema_decay == 0.9999 and c.model_overrides.bn_momentum == 0.9997
@@ -144,8 +145,8 @@ def test_short_run_keeps_the_recipe_and_cuts_the_budget():
   paper = importlib.import_module('experiments.configs.v2_rmsprop').get_config()
   short = base.short_run(importlib.import_module('experiments.configs.v2_rmsprop').get_config(), 120,
                          keep={'batch_size'})
-  assert (short.optimizer, short.learning_rate, short.rmsprop_epsilon, short.clip_norm) == (
-      paper.optimizer, paper.learning_rate, paper.rmsprop_epsilon, paper.clip_norm)
+  assert (short.optimizer, short.learning_rate, short.optimizer_kwargs.rmsprop.epsilon, short.clip_norm) == (
+      paper.optimizer, paper.learning_rate, paper.optimizer_kwargs.rmsprop.epsilon, paper.clip_norm)
   assert short.dataset == 'fashion_mnist' and short.image_size == 107  # Inception-v2's aux head needs 107
   assert short.total_steps == 120 and short.total_epochs is None and short.eval_every_epochs is None
   assert train.steps('total', short, steps_per_epoch=1875) == 120

@@ -318,18 +318,18 @@ def test_unknown_source_and_missing_file(tmp_path):
 def test_convert_and_classify_command_lines(tmp_path, capsys):
   from PIL import Image
 
-  from experiments import classify
+  from experiments import classify, cli
   from experiments import convert as convert_cli
   peer = torch_peer(lambda: timm.create_model('legacy_xception'), plain=False)
   src = save_torch(peer.state_dict(), tmp_path / 'xception.pth', '')
   out = str(tmp_path / 'weights')
-  convert_cli.main(['--from=timm:legacy_xception', f'--src={src}', f'--out={out}'])
+  cli.run(convert_cli.main, ['convert', '--from=timm:legacy_xception', f'--src={src}', f'--out={out}'])
   count = sum(p.numel() for p in peer.parameters())  # BN statistics are buffers, not parameters
   assert f'timm:legacy_xception -> xception (1000 classes, {count:,} parameters)' in capsys.readouterr().out
 
   image = tmp_path / 'cat.png'
   Image.fromarray(np.random.RandomState(0).randint(0, 255, (320, 400, 3), np.uint8)).save(image)
-  classify.main([f'--weights={out}', '--model=xception', str(image)])
+  cli.run(classify.main, ['classify', f'--weights={out}', '--model=xception', str(image)])
   lines = capsys.readouterr().out.splitlines()
   assert lines[0] == str(image) and len(lines) == 6
   probabilities = [float(line.split('%')[0]) for line in lines[1:]]
@@ -337,10 +337,10 @@ def test_convert_and_classify_command_lines(tmp_path, capsys):
   assert lines[1].split('%')[1].strip().startswith('n0')  # a WordNet synset and its name
 
   with pytest.raises(SystemExit) as e:
-    convert_cli.main(['--from=timm:legacy_xception', f'--src={src}', f'--out={out}'])
+    cli.run(convert_cli.main, ['convert', '--from=timm:legacy_xception', f'--src={src}', f'--out={out}'])
   assert e.value.code == 2 and 'not an empty directory' in capsys.readouterr().err
   with pytest.raises(SystemExit) as e:
-    classify.main([f'--weights={out}', '--model=v3', str(image)])
+    cli.run(classify.main, ['classify', f'--weights={out}', '--model=v3', str(image)])
   assert e.value.code == 2 and 'holds xception' in capsys.readouterr().err
 
 
@@ -356,8 +356,9 @@ def test_converted_directory_is_an_init_from_source(tmp_path):
 
 
 def test_convert_lists_its_sources(capsys):
+  from experiments import cli
   from experiments import convert as convert_cli
-  convert_cli.main(['--list'])
+  cli.run(convert_cli.main, ['convert', '--list'])
   out = capsys.readouterr().out
   assert all(name in out for name in convert.SOURCES)
   assert "timm:legacy_xception         -> xception {'bn_epsilon': 1e-05, 'padding_style': 'torch'}" in out

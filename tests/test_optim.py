@@ -71,6 +71,33 @@ def test_unknown_optimizer_lists_valid_names():
     optim.create_optimizer('adam', 0.1)
 
 
+def test_an_update_rules_settings_pass_through_and_a_wrong_one_is_named():
+  # Against optax's Adam built with the same b2, and against the default b2 (so the setting took effect).
+  grads = [np.array([1.0, -2.0]), np.array([3.0, 0.5])]
+  ours = _run(optim.create_optimizer('adamw', 0.1, b2=0.5), np.zeros(2), grads)
+  np.testing.assert_allclose(ours, _run(optax.adam(0.1, b2=0.5), np.zeros(2), grads), rtol=1e-6)
+  assert np.abs(ours - _run(optax.adam(0.1), np.zeros(2), grads)).max() > 1e-3
+  with pytest.raises(ValueError, match="adamw has no setting 'decay'; its settings: b1, b2, eps"):
+    optim.create_optimizer('adamw', 0.1, decay=0.9)
+
+
+def test_a_config_setting_reaches_the_update_rule():
+  from experiments.configs import base
+  from inception_jax import train
+  c = base.get_config()
+  c.optimizer = 'sgd'
+  grads = [np.array([1.0, -2.0]), np.array([3.0, 0.5])]
+  moved = {}
+  for momentum in (0.9, 0.0):
+    c.optimizer_kwargs.sgd.momentum = momentum
+    c.clip_norm = 0.0
+    tx, _ = train.build_optimizer(c, total_steps=100, steps_per_epoch=10, global_batch=256)
+    moved[momentum] = _run(tx, np.zeros(2), grads)
+  # Second step: −lr·(g2 + μ·g1) with momentum, −lr·g2 without (the staircase schedule is still at 0.045).
+  np.testing.assert_allclose(moved[0.0], -0.045 * (grads[0] + grads[1]), rtol=1e-5)
+  np.testing.assert_allclose(moved[0.9], -0.045 * (grads[0] + grads[1] + 0.9 * grads[0]), rtol=1e-5)
+
+
 def test_clipping_applies_before_the_update():
   # With SGD, lr 1 and no momentum the update is −(clipped gradient): norm 500 is clipped to 2.
   tx = optim.create_optimizer('sgd', 1.0, momentum=0.0, clip_norm=2.0)

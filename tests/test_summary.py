@@ -33,12 +33,18 @@ def test_macs_within_3_percent_of_references(name, size, giga_macs):
 
 
 def test_cli_prints_the_table_and_totals(capsys):
-  assert summary.main(['v3']) == 0
+  from experiments import cli
+  from experiments import summary as summary_cli
+  assert cli.run(summary_cli.main, ['summary', 'v3']) == 0
   out = capsys.readouterr().out
   assert 'Mixed_7c' in out and '23,834,568' in out and 'multiply-adds per image: 5.713 G' in out
 
 
 def test_cli_unknown_model_is_one_line_and_exit_2(capsys):
-  assert summary.main(['inception_v9']) == 2
+  from experiments import cli
+  from experiments import summary as summary_cli
+  with pytest.raises(SystemExit) as e:
+    cli.run(summary_cli.main, ['summary', 'inception_v9'])
+  assert e.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and 'unknown model' in err[0]

@@ -65,10 +65,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.schedule = 'staircase_exponential'     # or cosine, constant
   c.decay_rate = 0.94
   c.decay_epochs = 2.0
-  c.momentum = 0.9
-  c.rmsprop_decay = 0.9
-  c.rmsprop_epsilon = 1.0
-  c.adam_b1, c.adam_b2, c.adam_epsilon = 0.9, 0.999, 1e-8
+  # Each update rule's own settings, passed through to it (`optim.create_optimizer`): a new one is a line
+  # here, and `--config.optimizer_kwargs.adamw.b2=0.99` sets one from the command line.
+  c.optimizer_kwargs = {
+      'rmsprop': {'decay': 0.9, 'epsilon': 1.0, 'momentum': 0.9},   # TF1's RMSProp: ε inside the root
+      'sgd': {'momentum': 0.9},
+      'nesterov': {'momentum': 0.9},
+      'adamw': {'b1': 0.9, 'b2': 0.999, 'eps': 1e-8},
+  }
   c.clip_norm = 2.0          # global-norm clipping; 0 turns it off
   c.weight_decay = 4e-5      # L2 on conv/dense kernels (TF-slim's ½·w·Σk²) ...
   c.decoupled_weight_decay = False  # ... or decoupled, applied by the optimizer

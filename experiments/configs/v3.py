@@ -49,7 +49,7 @@ def fashion_mnist(c):
   c.optimizer = 'adamw'
   # The first steps' gradient norms are ~10× later ones; b2 = 0.99 forgets them within ~100 steps
   # instead of ~1000.
-  c.adam_b2 = 0.99
+  c.optimizer_kwargs.adamw.b2 = 0.99
   c.learning_rate = 0.002
   c.schedule = 'cosine'
   c.warmup_steps = 100
