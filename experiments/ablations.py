@@ -143,8 +143,6 @@ def main(argv: list[str]) -> None:
     rows = tuple(r for r in rows if r.preset in _ROWS.value)
   if _STEPS.value < 1:
     cli.fail(f'--steps must be positive, got {_STEPS.value}')
-  from absl import logging
-  logging.set_verbosity(logging.WARNING)
   if not _NO_CACHE.value:
     from inception_jax import compile_cache
     compile_cache.enable_persistent_cache()

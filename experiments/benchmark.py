@@ -56,6 +56,9 @@ _KERNELS = flags.DEFINE_enum('kernels', 'auto', ['auto', 'lax', 'cpu'],
                              'how convolutions, pools and BN are computed (config key kernels): lax is stock '
                              'flax/optax/lax, cpu the XLA:CPU formulations, auto cpu on the CPU only')
 _NO_CACHE = flags.DEFINE_bool('no_cache', False, 'no persistent compilation cache')
+_EXECUTABLE_CACHE = flags.DEFINE_bool(
+    'executable_cache', True, "with the cache on, also keep the whole compiled train step in its executables/ "
+    "(found without tracing); --noexecutable_cache leaves JAX's own cache alone")
 _JSON = flags.DEFINE_bool('json', False, 'end with one JSON line')
 
 
@@ -94,7 +97,7 @@ def main(argv: list[str]) -> int:
   if peer == 'keras' and not os.environ.get('KERAS_BACKEND'):
     os.environ['KERAS_BACKEND'] = 'jax'  # before anything imports Keras (TensorFlow can)
   import jax
-  from inception_jax import compile_cache, hardware, kernels, models, step_timing
+  from inception_jax import compile_cache, hardware, kernels, models
   if _BATCH.value < 1 or (peer is None and _BATCH.value % jax.device_count()):
     cli.fail(f'--batch must be a positive multiple of the {jax.device_count()} devices, got {_BATCH.value}')
   if _STEPS.value < 1 or _WARMUP.value < 0:
@@ -126,8 +129,9 @@ def main(argv: list[str]) -> int:
 
   # The CPU's matrix-product peak is measured first, while nothing else of ours has run in this process.
   peak, peak_source = hardware.peak_flops(_DTYPE.value)
+  from inception_jax import step_timing  # (loads the input pipeline's TensorFlow)
   if peer is None:
-    executables = os.path.join(cache, 'executables') if cache else None
+    executables = os.path.join(cache, 'executables') if cache and _EXECUTABLE_CACHE.value else None
     result = benchmark_ours(c, _STEPS.value, _WARMUP.value, executables=executables, trace_dir=profile)
   else:
     # FLOPs are the network's, whoever runs it: count them with our (identical) network on one device.
@@ -171,10 +175,10 @@ def main(argv: list[str]) -> int:
 
 
 def report_largest_batch(c) -> int:
-  import jax
-  from inception_jax import kernels, memory
   if _PEER.value:
     cli.fail('--max_batch measures our train step; it takes no --peer')
+  import jax
+  from inception_jax import kernels, memory
   limit, source = ((int(_MEMORY_GB.value * 2**30), '--memory_gb') if _MEMORY_GB.value
                    else memory.device_memory_bytes())
   try:

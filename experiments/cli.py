@@ -7,10 +7,11 @@ any other bad input.
 
 from __future__ import annotations
 
+import difflib
 import sys
 from typing import Callable, NoReturn, Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
 
 
 def fail(message) -> NoReturn:
@@ -25,6 +26,10 @@ def parse(argv: Sequence[str]) -> list[str]:
   arguments. A flag absl rejects (unknown, wrong type, not an allowed value) is one error line."""
   try:
     return flags.FLAGS(list(argv))
+  except flags.UnrecognizedFlagError as e:
+    near = difflib.get_close_matches(e.flagname, list(flags.FLAGS), 1)
+    fail(f'unknown flag --{e.flagname}' + (f'; did you mean --{near[0]}?' if near else '')
+         + ' (--help lists the flags)')
   except flags.Error as e:
     fail(e)
 
@@ -35,6 +40,16 @@ def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = No
   `app.run` (exit status from `main`). With `argv` (tests): every flag back to its default, `argv` parsed,
   and `main`'s return value returned."""
   if argv is None:
-    app.run(main, flags_parser=parser)
+    app.run(_quiet(main), flags_parser=parser)
   flags.FLAGS.unparse_flags()
-  return main(parser(argv))
+  return _quiet(main)(parser(argv))
+
+
+def _quiet(main):
+  """absl logs at WARNING unless --verbosity is given: orbax logs every save at INFO, JAX each backend it
+  does not find; the tools' own lines suffice."""
+  def quiet_main(argv):
+    if not flags.FLAGS['verbosity'].present:
+      logging.set_verbosity(logging.WARNING)
+    return main(argv)
+  return quiet_main

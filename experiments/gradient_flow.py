@@ -87,7 +87,6 @@ def study(config, workdir: str) -> tuple[list[dict], object, str]:
 
 def main(argv):
   del argv
-  imagenet.quiet_logging()
   imagenet.enable_compilation_cache()
   from inception_jax import gradient_flow
   config, workdir = imagenet._CONFIG.value, imagenet.require_workdir()

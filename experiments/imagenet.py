@@ -19,7 +19,7 @@ import re
 import sys
 import time
 
-from absl import flags, logging
+from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
@@ -183,13 +183,6 @@ def start_distributed() -> None:
                              heartbeat_timeout_seconds=_HEARTBEAT.value)
 
 
-def quiet_logging() -> None:
-  """absl logs at WARNING unless --verbosity is given: orbax logs every save at INFO, JAX each backend it
-  does not find; the progress lines suffice."""
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-
-
 def enable_compilation_cache() -> None:
   if _COMPILATION_CACHE.value:
     from inception_jax import compile_cache
@@ -198,7 +191,6 @@ def enable_compilation_cache() -> None:
 
 def main(argv):
   del argv
-  quiet_logging()
   if _COORDINATOR.value or _MULTIHOST.value:
     start_distributed()
   enable_compilation_cache()

@@ -160,7 +160,6 @@ def plot(records: list[dict], path: str) -> None:
 
 def main(argv):
   del argv
-  imagenet.quiet_logging()
   import jax
   if imagenet._COORDINATOR.value or imagenet._MULTIHOST.value:
     imagenet.start_distributed()

@@ -26,7 +26,6 @@ _SEEDS = flags.DEFINE_string('seeds', '3', 'a count N (seeds 0..N-1) or a comma-
 
 def main(argv):
   del argv
-  imagenet.quiet_logging()
   imagenet.enable_compilation_cache()
   from inception_jax import seeds
   try:

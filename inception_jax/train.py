@@ -305,6 +305,19 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
   return train_step
 
 
+@jax.jit
+def add_to_window(window: tuple[dict, jax.Array] | None, metrics: dict) -> tuple[dict, jax.Array]:
+  """The logging window's (sums of each metric, count of steps) with this step's added, on the devices
+  (no wait for the step). A step with a non-finite value (one `skip_nonfinite_steps` skipped) is left out
+  of the means."""
+  if window is None:
+    window = (jax.tree.map(jnp.zeros_like, metrics), jnp.zeros((), jnp.int32))
+  sums, count = window
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
+  sums = jax.tree.map(lambda total, value: total + jnp.where(finite, value, 0), sums, metrics)
+  return sums, count + finite.astype(jnp.int32)
+
+
 def make_eval_step(model: nn.Module, smoothing: float = 0.0) -> Callable:
   """`eval_step(params, batch_stats, batch) -> sums` over the real (mask True) examples of a batch."""
 
@@ -549,7 +562,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   notice = PreemptionNotice()
   skip, skipped = config.skip_nonfinite_steps, 0
   last_checkpoint = start or None
-  window_start, input_wait = time.perf_counter(), 0.0
+  window_start, input_wait, window = time.perf_counter(), 0.0, None
   try:
     for step in range(start + 1, total_steps + 1):
       waiting = time.perf_counter()
@@ -558,6 +571,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if probe is not None:
         probe(step - 1, state, batch)
       state, metrics = steps_.train_step(state, batch, step_rng)
+      window = add_to_window(window, metrics)
       logs, saves = step % log_every == 0 or step == total_steps, step % checkpoint_every == 0
       if logs or saves:  # nothing non-finite is logged or saved unnoticed
         count = check_nonfinite(state, skip, last_checkpoint)
@@ -565,7 +579,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           print(f'skipped {count - skipped} step(s) with non-finite values ({count} in all)', flush=True)
         skipped = count
       if logs:
-        logged = jax.device_get(metrics)
+        # Each metric's mean over the steps since the last log line (the learning rate: this step's).
+        sums, count = jax.device_get(window)
+        logged = {k: v / max(count, 1) if count else float('nan') for k, v in sums.items()}
+        logged['learning_rate'] = float(metrics['learning_rate'])
+        window = None
         rate = reporter.progress(step, logged['loss'], logged['learning_rate'])
         # The share of the window's wall time the loop spent waiting for its next batch.
         now = time.perf_counter()

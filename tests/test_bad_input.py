@@ -90,6 +90,10 @@ CASES = {
     'pickle file that would run code': (
         convert_cli('timm:inception_v3', '{pickle_payload}'), 'refused: the file holds Python objects other than '
         'tensors, and loading them could run code', ''),
+    'flag a tool does not have': (('experiments.benchmark', '--batch_size=8'), 'unknown flag --batch_size',
+                                  'did you mean --batch?'),
+    'flag value of the wrong type': (('experiments.benchmark_input', '--steps=many'),
+                                     "flag --steps=many: invalid literal for int()", ''),
     'unknown weights source': (convert_cli('timm:resnet50', '{tmp}/model.pth'), "unknown source 'timm:resnet50'",
                                'valid: keras:InceptionResNetV2'),
 }

@@ -55,6 +55,22 @@ def test_a_run_writes_metrics_config_events_and_checkpoints(tmp_path, fashion_di
   assert all(0.0 <= r['train/input_wait'] <= 1.0 for r in train_records)
 
 
+def test_logged_train_metrics_are_means_over_the_logging_window(tmp_path, fashion_dir):
+  logged = {}
+  for every in (1, 2):
+    workdir = str(tmp_path / f'every_{every}')
+    train.train_and_evaluate(tiny_config(fashion_dir, log_every_steps=every, schedule='cosine'), workdir)
+    logged[every] = {r['step']: r for r in read_jsonl(os.path.join(workdir, 'metrics.jsonl')) if 'train/loss' in r}
+  assert sorted(logged[2]) == [2, 4]
+  for step in (2, 4):
+    for key in ('train/loss', 'train/top1', 'train/l2_grads'):
+      mean = (logged[1][step - 1][key] + logged[1][step][key]) / 2
+      assert logged[2][step][key] == pytest.approx(mean, rel=1e-6), key
+    # The two steps differ, so a mean is not a last value; the learning rate is the step's own.
+    assert logged[1][step - 1]['train/loss'] != logged[1][step]['train/loss']
+    assert logged[2][step]['train/learning_rate'] == logged[1][step]['train/learning_rate']
+
+
 def test_the_callers_config_is_left_as_it_was(tmp_path, fashion_dir):
   config = tiny_config(fashion_dir, image_size=0)   # 0: the model's size, resolved by the run
   before = config.to_dict()
@@ -182,7 +198,7 @@ def test_config_errors_are_one_clear_line(tmp_path, args, message):
 @pytest.mark.slow
 def test_preset_path_form_and_overrides(tmp_path, fashion_dir):
   result = _cli('--config=experiments/configs/v3.py:fashion_mnist', f'--workdir={tmp_path}/w',
-                '--config.model=bn_inception', '--config.image_size=32', '--config.total_steps=2',
+                '--config.model=googlenet', '--config.image_size=32', '--config.total_steps=2',
                 '--config.warmup_steps=0', '--config.batch_size=8', '--config.eval_batch_size=16',
                 '--config.model_overrides.dropout_rate=0.0', f'--config.data_dir={fashion_dir}',
                 JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'cache'))
@@ -192,7 +208,7 @@ def test_preset_path_form_and_overrides(tmp_path, fashion_dir):
   assert re.search(r'^wall time \d+m\d\ds \(2048² float32 matrix product on this machine: [\d,]+ GFLOP/s\)$',
                    result.stdout, re.M), result.stdout[-500:]
   saved = json.load(open(tmp_path / 'w' / 'config.json'))
-  assert saved['model'] == 'bn_inception' and saved['model_overrides']['dropout_rate'] == 0.0
+  assert saved['model'] == 'googlenet' and saved['model_overrides']['dropout_rate'] == 0.0
   assert any((tmp_path / 'cache').iterdir())   # the compiled programs, for a resumed run
 
 
