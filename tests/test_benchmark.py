@@ -35,6 +35,11 @@ def test_a_second_run_reuses_the_compilation_cache(tmp_path):
   second = _record(run_module('experiments.benchmark', *TINY, JAX_COMPILATION_CACHE_DIR=str(tmp_path)))
   assert second['executable_loaded']      # the train step, loaded without tracing ...
   assert second['train_loss'] == first['train_loss']   # ... is the same program
+  # JAX's cache alone: traced again, XLA's work loaded.
+  jax_only = _record(run_module('experiments.benchmark', *TINY, '--noexecutable_cache',
+                                JAX_COMPILATION_CACHE_DIR=str(tmp_path)))
+  assert not jax_only['executable_loaded'] and jax_only['cache_hits'] >= 1
+  assert jax_only['train_loss'] == first['train_loss']
 
 
 @pytest.mark.slow
