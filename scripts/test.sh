@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The test command: sets everything up (scripts/setup.sh), then runs pytest over tests/ on all cores.
-# `--quick` first: the quick tier, which leaves out the tests marked `slow` (every module keeps some).
+# Tests go to the workers as they free up (worksteal: a few long ones no longer leave a worker idle at
+# the end). `--quick` first: the quick tier, which leaves out the tests marked `slow` (every module keeps
+# some).
 # Further arguments go to pytest (e.g. `bash scripts/test.sh -k inception_v3`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,4 +13,4 @@ if [ "${1:-}" = --quick ]; then
 fi
 bash scripts/setup.sh
 workers=$(nproc 2>/dev/null || echo 2)
-exec .venv/bin/python -m pytest -q -n "$workers" --durations=15 "${tier[@]}" tests "$@"
+exec .venv/bin/python -m pytest -q -n "$workers" --dist worksteal --durations=15 "${tier[@]}" tests "$@"
