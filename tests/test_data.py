@@ -99,6 +99,17 @@ def test_image_folder_with_held_out_fraction(tmp_path):
   assert sum(int(b['mask'].sum()) for b in ev) == 3
 
 
+def test_image_folder_streams_file_names_and_reads_each_file_after_shuffling(tmp_path):
+  # The shuffle buffer then holds names rather than whole files, and reading runs in the parallel
+  # decoding stage, as in a plain tf.data ImageNet pipeline.
+  make_folder(tmp_path)
+  split = data.create_source(f'imagefolder:{tmp_path}').split('train')
+  elements = list(split.dataset)
+  assert all(e['image'].numpy().decode().startswith(str(tmp_path)) for e in elements)
+  headers = {bytes(split.image(e).numpy()[:4]) for e in elements}
+  assert headers == {b'\xff\xd8\xff\xe0', b'\x89PNG'}  # JPEG (JFIF) and PNG files, read whole
+
+
 def test_image_folder_with_explicit_train_and_val_folders(tmp_path):
   make_folder(tmp_path / 'train', per_class=3)
   make_folder(tmp_path / 'val', per_class=2)

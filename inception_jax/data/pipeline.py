@@ -87,7 +87,7 @@ def train_batches(source: Source, spec: ImageSpec, batch_size: int, *, seed: int
 
   def prepare(position, ex):
     example_seed = tf.stack([tf.constant(process_seed, tf.int64), position])
-    image = preprocess.train_image(ex['image'], example_seed, spec.size, spec.mean, spec.std, augment,
+    image = preprocess.train_image(split.image(ex), example_seed, spec.size, spec.mean, spec.std, augment,
                                    split.encoded)
     return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
 
@@ -129,7 +129,7 @@ def eval_batches(source: Source, spec: ImageSpec, batch_size: int, *, process_in
   pad = num_batches * batch_size - split.num_examples
 
   def prepare(ex):
-    image = preprocess.eval_image(ex['image'], spec.size, spec.mean, spec.std, spec.crop_pct, split.encoded)
+    image = preprocess.eval_image(split.image(ex), spec.size, spec.mean, spec.std, spec.crop_pct, split.encoded)
     return {'image': image, 'label': tf.cast(ex['label'], tf.int32), 'mask': tf.constant(True)}
 
   ds = split.dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)

@@ -45,11 +45,19 @@ class Split:
     num_examples: examples in this shard.
     total_examples: examples in the whole split (all processes).
     encoded: images are encoded bytes rather than pixels.
+    load: if set, 'image' holds a reference (a file name) that this turns into the encoded bytes. The
+      pipeline calls it in its per-example map, after shuffling: the shuffle buffer then holds names, not
+      files, and reading runs in the same parallel stage as decoding.
   """
   dataset: tf.data.Dataset
   num_examples: int
   total_examples: int
   encoded: bool
+  load: Callable[[tf.Tensor], tf.Tensor] | None = None
+
+  def image(self, element: dict[str, tf.Tensor]) -> tf.Tensor:
+    """The element's image: its pixels or encoded bytes."""
+    return element['image'] if self.load is None else self.load(element['image'])
 
 
 @dataclasses.dataclass
@@ -241,9 +249,7 @@ def image_folder(root: str, holdout_fraction: float = 0.1, seed: int = 0,
     paths = [f for f, _ in fs[lo:hi]]
     labels = np.array([y for _, y in fs[lo:hi]], np.int64)
     ds = tf.data.Dataset.from_tensor_slices({'image': tf.constant(paths, tf.string), 'label': labels})
-    ds = ds.map(lambda ex: {'image': tf.io.read_file(ex['image']), 'label': ex['label']},
-                num_parallel_calls=tf.data.AUTOTUNE)
-    return Split(ds, hi - lo, len(fs), encoded=True)
+    return Split(ds, hi - lo, len(fs), encoded=True, load=tf.io.read_file)
 
   return Source(f'imagefolder:{root}', len(classes), tuple(classes), {s: len(files[s]) for s in SPLITS}, read)
 
