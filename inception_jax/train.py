@@ -135,12 +135,11 @@ def build_optimizer(config: ml_collections.ConfigDict, total_steps: int, steps_p
       config.schedule, base_lr, total_steps=total_steps,
       warmup_steps=steps('warmup', config, steps_per_epoch, default=0),
       decay_rate=config.get('decay_rate'), decay_steps=decay_steps)
-  if config.optimizer not in config.optimizer_kwargs:
-    raise ValueError(f'unknown optimizer {config.optimizer!r}; valid names: {", ".join(optim.OPTIMIZERS)}')
+  settings = config.optimizer_kwargs.get(config.optimizer)  # an unknown rule: create_optimizer says so
   tx = optim.create_optimizer(
       config.optimizer, schedule, clip_norm=config.clip_norm or None,
       weight_decay=config.weight_decay, decoupled=config.decoupled_weight_decay, kernels=config.kernels,
-      **config.optimizer_kwargs[config.optimizer].to_dict())
+      **(settings.to_dict() if settings else {}))
   return tx, schedule
 
 
@@ -581,7 +580,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if logs:
         # Each metric's mean over the steps since the last log line (the learning rate: this step's).
         sums, count = jax.device_get(window)
-        logged = {k: v / max(count, 1) if count else float('nan') for k, v in sums.items()}
+        logged = {k: v / count if count else float('nan') for k, v in sums.items()}
         logged['learning_rate'] = float(metrics['learning_rate'])
         window = None
         rate = reporter.progress(step, logged['loss'], logged['learning_rate'])
