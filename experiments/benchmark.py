@@ -8,8 +8,10 @@
 
 The train step is the one training runs (the preset recipe of experiments/configs/base.py: RMSProp,
 label smoothing, auxiliary heads where the input size allows them, weight decay), on one random batch
-already on the devices and split over all of them. Inference is the eval-mode forward pass.
-MFU is the model FLOPs XLA counts for the step over the step time and the devices' peak: the published
+already on the devices and split over all of them, timed with steps dispatched back to back as the
+training loop runs them. Inference is the eval-mode forward pass.
+MFU is the FLOPs XLA counts for the step (`step_timing.step_flops`: the program before any backend
+rewrites it) over the step time and the devices' peak: the published
 dense peak for GPUs and TPUs, a measured matrix product on the CPU. `--peer` times the same network in
 another library in this process (the same batch, size and number of steps; MFU from our FLOP count).
 
@@ -129,13 +131,13 @@ def main(argv: list[str]) -> int:
 
   # The CPU's matrix-product peak is measured first, while nothing else of ours has run in this process.
   peak, peak_source = hardware.peak_flops(_DTYPE.value)
-  from inception_jax import step_timing  # (loads the input pipeline's TensorFlow)
+  from inception_jax import step_timing
   if peer is None:
     executables = os.path.join(cache, 'executables') if cache and _EXECUTABLE_CACHE.value else None
     result = benchmark_ours(c, _STEPS.value, _WARMUP.value, executables=executables, trace_dir=profile)
   else:
-    # FLOPs are the network's, whoever runs it: count them with our (identical) network on one device.
-    flops = step_timing.measure_train_step(c, 1, 0, devices=jax.devices()[:1])['flops_per_step']
+    # FLOPs are the network's, whoever runs it: counted for our (identical) network.
+    flops = step_timing.step_flops(c)
     try:
       result = peers.BENCHMARKS[peer](c, _STEPS.value, _WARMUP.value)
     except ValueError as e:

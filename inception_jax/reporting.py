@@ -1,6 +1,8 @@
 """Where a run's metrics go: `metrics.jsonl`, TensorBoard events, and a console progress line.
 
-Only process 0 writes files; every process may print.
+Only process 0 writes files; every process may print. TensorBoard events are written through clu, whose
+writer needs TensorFlow; on a host without it (an accelerator image with JAX alone, running synthetic data)
+a run says so once and writes the rest.
 """
 
 from __future__ import annotations
@@ -12,15 +14,25 @@ from typing import Any
 
 import flax
 import jax
-from clu import metric_writers
+
+try:
+  from clu import metric_writers
+except ImportError as e:  # clu or TensorFlow not installed
+  metric_writers, _NO_TENSORBOARD = None, f'{type(e).__name__}: {e}'
 
 
 class Reporter:
   def __init__(self, workdir: str, total_steps: int, global_batch: int):
     self.total_steps, self.global_batch = total_steps, global_batch
     self.writes = jax.process_index() == 0
-    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.writes,
-                                                       asynchronous=False)
+    if metric_writers is None:
+      self.writer = None
+      if self.writes:
+        print(f'warning: no TensorBoard events in {workdir} ({_NO_TENSORBOARD}); metrics go to '
+              f'metrics.jsonl', flush=True)
+    else:
+      self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.writes,
+                                                         asynchronous=False)
     self.jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a') if self.writes else None
     self._t0, self._step0 = None, None
 
@@ -29,7 +41,8 @@ class Reporter:
       with open(os.path.join(workdir, 'config.json'), 'w') as f:
         json.dump(config, f, indent=2, sort_keys=True, default=str)
       flat = flax.traverse_util.flatten_dict(config, sep='.')
-      self.writer.write_hparams({k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool))})
+      if self.writer:
+        self.writer.write_hparams({k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool))})
 
   def start(self, step: int) -> None:
     self._t0, self._step0 = time.perf_counter(), step
@@ -38,7 +51,8 @@ class Reporter:
     """Writes `scalars` (keys like 'train/loss', 'eval/top1') for `step`."""
     scalars = {k: float(v) for k, v in scalars.items()}
     if self.writes:
-      self.writer.write_scalars(step, scalars)
+      if self.writer:
+        self.writer.write_scalars(step, scalars)
       self.jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
       self.jsonl.flush()
 
@@ -53,8 +67,9 @@ class Reporter:
     return rate
 
   def close(self) -> None:
-    self.writer.flush()
-    self.writer.close()
+    if self.writer:
+      self.writer.flush()
+      self.writer.close()
     if self.jsonl:
       self.jsonl.close()
 

@@ -527,14 +527,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   reporter = Reporter(workdir, total_steps, config.batch_size)
   reporter.write_config(workdir, config.to_dict())
-  augment = data.TrainAugment(area_range=tuple(config.augment.area_range),
-                              aspect_ratio_range=tuple(config.augment.aspect_ratio_range),
-                              flip=config.augment.flip, color_distort=config.augment.color_distort)
   if synthetic:
     train_iter = data.synthetic_batches(spec, config.batch_size, num_classes, seed=config.seed,
                                         sharding=steps_.sharded)
     eval_data = None
   else:
+    augment = data.TrainAugment(area_range=tuple(config.augment.area_range),
+                                aspect_ratio_range=tuple(config.augment.aspect_ratio_range),
+                                flip=config.augment.flip, color_distort=config.augment.color_distort)
     # Batches are put on the devices two steps ahead, so the copy overlaps the step before.
     train_iter = data.prefetch_to_devices(
         data.train_batches(source, spec, local_batch, seed=config.seed, start_step=start, augment=augment),

@@ -4,30 +4,38 @@
 #
 #   bash scripts/accelerator_check.sh            # on a GPU or TPU host (detected; or say `gpu` / `tpu`)
 #   bash scripts/accelerator_check.sh --dry_run  # the same sequence on the CPU with tiny settings (2-3 min)
+#   PYTHON=python3 bash scripts/accelerator_check.sh --installed
+#                                                # with the host's own Python and accelerator jax, installing
+#                                                # nothing (an image without a package index); it needs jax,
+#                                                # flax, optax, orbax-checkpoint, chex and ml_collections, not
+#                                                # TensorFlow
 #
 # It sets the project up (scripts/setup.sh), installs the accelerator's jax (jax[cuda12] or jax[tpu] at the
 # version requirements.txt pins), then prints one JSON line per run, in this order, each with "check"
 # naming it and "batch", "kernels" (as resolved), "remat" and, where it applies, "train_images_per_sec"
 # and "mfu":
 #   train_bf16            train img/s and MFU at batch 128 and 256 (kernels=auto; experiments.benchmark)
-#   train_bf16_lax        the same with kernels=lax named (what auto picks off the CPU)
+#   train_bf16_lax        the same with kernels=lax named; where auto already resolved to lax (any host but
+#                         a CPU) train_bf16's record is repeated with "same_as": "train_bf16", not run again
 #   synthetic_loop        50 steps of `experiments.imagenet --config=v3 --config.dataset=synthetic` at
 #                         batch 128: the loop's img/s between its last two log steps (compilation left
 #                         out), its MFU from train_bf16's FLOPs per step, and the share spent waiting
 #   max_batch             the largest batch whose train step fits, without and with remat=blocks
 # A run that fails, passes its time limit or finds the budget spent prints {"check": ..., "error": ...,
-# "command": ...} and the script goes on. The dry run skips the installs and uses LeNet at 28 px, batches
+# "command": ...} and the script goes on; ACCELERATOR_CHECK_LOG=FILE keeps every run's stderr there. The dry run skips the installs and uses LeNet at 28 px, batches
 # 8 and 16, two steps, a 6 MB device for the largest-batch search: it tests the script, not the models.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 dry_run=0
+installed=0
 kind=''
 for arg in "$@"; do
   case "$arg" in
     --dry_run) dry_run=1 ;;
+    --installed) installed=1 ;;
     gpu|tpu) kind="$arg" ;;
-    *) echo "error: unknown argument '$arg'; valid: --dry_run, gpu, tpu" >&2; exit 2 ;;
+    *) echo "error: unknown argument '$arg'; valid: --dry_run, --installed, gpu, tpu" >&2; exit 2 ;;
   esac
 done
 
@@ -44,17 +52,27 @@ else
   remat=blocks
   budget=${ACCELERATOR_CHECK_BUDGET_S:-470}
   memory=()
-  bash scripts/setup.sh || exit 1
+  if [ "$installed" = 1 ]; then
+    python=${PYTHON:-python3}
+    "$python" -c 'import jax, sys; sys.exit(jax.default_backend() == "cpu")' || {
+      echo "error: $python's jax finds no GPU or TPU (backend: cpu); --installed needs the accelerator's jax" >&2
+      exit 2; }
+    kind=installed
+  else
+    bash scripts/setup.sh || exit 1
+    python=.venv/bin/python
+  fi
   if [ -z "$kind" ]; then
     if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then kind=gpu
     elif ls /dev/accel* /dev/vfio/[0-9]* >/dev/null 2>&1; then kind=tpu
     else echo "error: no GPU (nvidia-smi) or TPU (/dev/accel*) found; say gpu or tpu, or use --dry_run" >&2; exit 2
     fi
   fi
-  version=$(sed -n 's/^jax==//p' requirements.txt)
-  extra=$([ "$kind" = gpu ] && echo cuda12 || echo tpu)
-  .venv/bin/python -m pip install -q --disable-pip-version-check "jax[$extra]==$version" || exit 1
-  python=.venv/bin/python
+  if [ "$installed" = 0 ]; then
+    version=$(sed -n 's/^jax==//p' requirements.txt)
+    extra=$([ "$kind" = gpu ] && echo cuda12 || echo tpu)
+    "$python" -m pip install -q --disable-pip-version-check "jax[$extra]==$version" || exit 1
+  fi
 fi
 
 workdir=$(mktemp -d)
@@ -70,6 +88,9 @@ report() {
   if [ "$left" -ge 30 ]; then
     timeout -k 10 "$((left < limit ? left : limit))" "$@" >"$out" 2>"$err"
     status=$?
+  fi
+  if [ -n "${ACCELERATOR_CHECK_LOG:-}" ]; then
+    { echo "== $check (exit status $status): $*"; cat "$err"; } >>"$ACCELERATOR_CHECK_LOG"
   fi
   "$python" - "$check" "$status" "$out" "$err" "$budget" "$@" <<'PY' | tee -a "$records"
 import json, sys
@@ -92,6 +113,17 @@ for batch in "${batches[@]}"; do
   report train_bf16 "${bench[@]}" --batch="$batch"
 done
 for batch in "${batches[@]}"; do
+  # Off the CPU, auto is lax: the run would repeat train_bf16's to the compiled program.
+  same=$("$python" - "$records" "$batch" <<'PY'
+import json, sys
+records, batch = sys.argv[1], int(sys.argv[2])
+same = [r for r in map(json.loads, open(records)) if r.get('check') == 'train_bf16' and r.get('batch') == batch
+        and r.get('kernels') == 'lax']
+if same:
+  print(json.dumps({**same[0], 'check': 'train_bf16_lax', 'same_as': 'train_bf16'}))
+PY
+)
+  if [ -n "$same" ]; then echo "$same" | tee -a "$records"; continue; fi
   report train_bf16_lax "${bench[@]}" --batch="$batch" --kernels=lax
 done
 # The training loop on device-made batches; its rate between the last two log steps leaves compilation out.

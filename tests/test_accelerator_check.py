@@ -1,5 +1,6 @@
 """scripts/accelerator_check.sh, run as --dry_run on the CPU: the same sequence of runs as on a GPU or TPU
-host, each printing one JSON line a reader can use."""
+host, each printing one JSON line a reader can use, on a host without TensorFlow (as accelerator images
+with JAX alone are)."""
 
 import json
 import os
@@ -11,10 +12,20 @@ import pytest
 from conftest import ROOT, module_command
 
 
+def without_tensorflow(tmp_path, env):
+  """`env` for a Python in which TensorFlow, tensorflow-datasets and clu cannot be imported."""
+  blocker = tmp_path / 'no_tensorflow'
+  blocker.mkdir()
+  (blocker / 'sitecustomize.py').write_text(
+      "import sys\nfor name in ('tensorflow', 'tensorflow_datasets', 'clu'):\n  sys.modules[name] = None\n")
+  return dict(env, PYTHONPATH=os.pathsep.join([str(blocker), ROOT, env.get('PYTHONPATH', '')]))
+
+
 @pytest.mark.slow
-def test_the_dry_run_prints_every_check_as_one_json_line(tmp_path):
+def test_the_dry_run_prints_every_check_as_one_json_line_without_tensorflow(tmp_path):
   _, env = module_command('experiments.benchmark')
-  env = dict(env, PYTHON=sys.executable, JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'cache'))
+  env = dict(without_tensorflow(tmp_path, env), PYTHON=sys.executable,
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'cache'))
   result = subprocess.run(['bash', 'scripts/accelerator_check.sh', '--dry_run'], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -49,5 +60,14 @@ def test_an_unknown_argument_is_one_error_line():
   result = subprocess.run(['bash', 'scripts/accelerator_check.sh', '--fast'], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
   assert result.returncode == 2
-  assert result.stderr.strip() == "error: unknown argument '--fast'; valid: --dry_run, gpu, tpu"
+  assert result.stderr.strip() == "error: unknown argument '--fast'; valid: --dry_run, --installed, gpu, tpu"
   assert not os.path.exists(os.path.join(ROOT, '--fast'))
+
+
+def test_installed_refuses_a_python_whose_jax_sees_no_accelerator():
+  env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS='cpu')
+  result = subprocess.run(['bash', 'scripts/accelerator_check.sh', '--installed'], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2 and result.stdout == '', result
+  assert result.stderr.strip() == (f"error: {sys.executable}'s jax finds no GPU or TPU (backend: cpu); "
+                                   '--installed needs the accelerator\'s jax')

@@ -3,9 +3,13 @@
 import json
 import math
 
+import jax
+import numpy as np
 import pytest
 
 from conftest import run_module
+from experiments.configs import base
+from inception_jax import step_timing
 
 TINY = ['--model=lenet', '--batch=8', '--size=32', '--steps=2', '--warmup=1', '--json']
 
@@ -25,6 +29,27 @@ def test_prints_finite_numbers_and_a_json_last_line(tmp_path):
   assert 0 < record['mfu'] < 1
   assert record['mfu'] == pytest.approx(
       record['flops_per_step'] / (record['step_ms'] / 1e3) / record['peak_flops'])
+
+
+@pytest.mark.parametrize('model,size', [('lenet', 32), pytest.param('googlenet', 64, marks=pytest.mark.slow)])
+def test_mfu_counts_the_step_as_jax_hands_it_to_any_backend(model, size):
+  """The FLOPs MFU divides by are XLA's count of the step before a backend rewrites it (on GPUs the compiled
+  program hides its convolutions in cuDNN calls): on the CPU, one device, that is the compiled count."""
+  def config(batch_size):
+    c = base.get_config()
+    c.model, c.batch_size, c.image_size, c.aux_logits, c.kernels = model, batch_size, size, False, 'lax'
+    return c
+
+  c = config(16)
+  _, steps_ = step_timing.training_steps(c, 1000, devices=jax.devices()[:1])
+  rng = jax.random.key(0)
+  batch = {'image': np.zeros((16, size, size, 3), np.float32), 'label': np.zeros(16, np.int32)}
+  compiled = steps_.train_step.lower(steps_.init(rng), batch, rng).compile().cost_analysis()
+  compiled = compiled[0] if isinstance(compiled, list) else compiled
+  assert step_timing.step_flops(c) == pytest.approx(compiled['flops'], rel=0.02)
+  # The per-image part grows with the batch, the rest (the update of the parameters) does not.
+  flops = {batch_size: step_timing.step_flops(config(batch_size)) for batch_size in (4, 8, 16)}
+  assert flops[16] - flops[8] == pytest.approx(2 * (flops[8] - flops[4]), rel=0.01)
 
 
 @pytest.mark.slow

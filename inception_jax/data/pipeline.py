@@ -1,4 +1,4 @@
-"""Batches for training and evaluation: tf.data pipelines over a source, and synthetic device batches.
+"""Batches for training and evaluation: tf.data pipelines over a source.
 
 Each process reads its own shard and yields per-process batches of numpy arrays; the training code builds
 global arrays from them. Training streams are infinite, shuffled and augmented deterministically for a
@@ -8,38 +8,18 @@ and a `mask` marks the real examples, and every process yields the same number o
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import itertools
 import math
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import tensorflow as tf
 
-from inception_jax.data import preprocess
+from inception_jax.data import import_tensorflow, preprocess
+from inception_jax.data.device import Batch, ImageSpec, check_batch_size
 from inception_jax.data.sources import Source
 
-Batch = dict[str, np.ndarray]
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageSpec:
-  """How images reach the model: square size, normalisation, evaluation crop."""
-  size: int
-  mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-  std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-  crop_pct: float = 0.875
-
-  @classmethod
-  def for_model(cls, info, size: int | None = None, crop_pct: float | None = None) -> 'ImageSpec':
-    """From `models.model_info(name)`; a size below the model's minimum is one clear error."""
-    size = size or info.input_size
-    if size < info.min_input_size:
-      raise ValueError(f'image size {size} is below the minimum {info.min_input_size} of {info.name}')
-    return cls(size, tuple(info.mean), tuple(info.std), info.crop_pct if crop_pct is None else crop_pct)
+tf = import_tensorflow()
 
 
 def _options() -> tf.data.Options:
@@ -47,11 +27,6 @@ def _options() -> tf.data.Options:
   options.deterministic = True
   options.autotune.enabled = True
   return options
-
-
-def check_batch_size(batch_size: int, what: str = 'batch_size') -> None:
-  if not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f'{what} must be a positive integer, got {batch_size!r}')
 
 
 def train_batches(source: Source, spec: ImageSpec, batch_size: int, *, seed: int = 0, start_step: int = 0,
@@ -139,45 +114,3 @@ def eval_batches(source: Source, spec: ImageSpec, batch_size: int, *, process_in
       'mask': tf.constant(False)}).repeat(pad)
   ds = ds.concatenate(padding).batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   return EvalBatches(ds.with_options(_options()), num_batches, split.num_examples, split.total_examples)
-
-
-# `dataset='synthetic'` stands in for ImageNet: its classes, and its training split's size as the epoch
-# (so presets given in epochs resolve to the paper's step counts).
-SYNTHETIC_CLASSES = 1000
-SYNTHETIC_EPOCH = 1_281_167
-
-
-def prefetch_to_devices(batches: Iterator[Batch], put: Callable[[Batch], Any], size: int = 2) -> Iterator[Any]:
-  """`put(batch)` for each batch, `size` batches ahead of the consumer, as flax's `prefetch_to_device`
-  does for pmap: `put` (e.g. `jax.make_array_from_process_local_data`) starts an asynchronous copy to the
-  devices, so the copy of the next batches overlaps the step running on the current one. The order and
-  the contents are those of `batches`."""
-  queue = collections.deque()
-
-  def enqueue(n):
-    for batch in itertools.islice(batches, n):
-      queue.append(put(batch))
-
-  enqueue(size)
-  while queue:
-    yield queue.popleft()
-    enqueue(1)
-
-
-def synthetic_batches(spec: ImageSpec, batch_size: int, num_classes: int, *, seed: int = 0,
-                      sharding: jax.sharding.Sharding | None = None) -> Iterator[dict[str, jax.Array]]:
-  """The same random batch over and over, made once on the device(s): input cost zero, for throughput.
-
-  With `sharding`, `batch_size` is the global batch and the arrays are created already sharded.
-  """
-  check_batch_size(batch_size)
-  key_image, key_label = jax.random.split(jax.random.key(seed))
-
-  def make():
-    image = jax.random.uniform(key_image, (batch_size, spec.size, spec.size, 3), jnp.float32, -1.0, 1.0)
-    label = jax.random.randint(key_label, (batch_size,), 0, num_classes, jnp.int32)
-    return {'image': image, 'label': label}
-
-  batch = jax.jit(make, out_shardings=sharding)() if sharding is not None else jax.jit(make)()
-  while True:
-    yield batch

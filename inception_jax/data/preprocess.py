@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import tensorflow as tf
+
+from inception_jax.data import import_tensorflow
+
+tf = import_tensorflow()
 
 
 @dataclasses.dataclass(frozen=True)

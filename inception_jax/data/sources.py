@@ -19,8 +19,11 @@ import zlib
 from typing import Callable
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
+
+from inception_jax.data import import_tensorflow
+
+tf = import_tensorflow()
+import tensorflow_datasets as tfds  # noqa: E402  (after TensorFlow is set up)
 
 SPLITS = ('train', 'eval')
 FASHION_MNIST_DIRS = ('/usr/share/datasets/fashion-mnist',)
@@ -336,7 +339,7 @@ def check_tar(path: str) -> None:
 def create_source(name: str, data_dir: str | None = None, **options) -> Source:
   """Opens a source by name: 'fashion_mnist', 'imagenet2012' (or 'imagenet'), 'imagefolder:DIR' (or
   'imagefolder' with data_dir), 'tfds:NAME' or a bare TFDS dataset name. ('synthetic' is not a tf.data
-  source: training makes its batches on the devices, `pipeline.synthetic_batches`.) Options: `manual_dir` (ImageNet's tars), `holdout_fraction`
+  source: training makes its batches on the devices, `device.synthetic_batches`.) Options: `manual_dir` (ImageNet's tars), `holdout_fraction`
   and `skip_corrupt_images` (ImageFolder)."""
   if name == 'fashion_mnist':
     return fashion_mnist(data_dir)
