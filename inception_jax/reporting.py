@@ -15,20 +15,18 @@ from typing import Any
 import flax
 import jax
 
-try:
-  from clu import metric_writers
-except ImportError as e:  # clu or TensorFlow not installed
-  metric_writers, _NO_TENSORBOARD = None, f'{type(e).__name__}: {e}'
-
-
 class Reporter:
   def __init__(self, workdir: str, total_steps: int, global_batch: int):
     self.total_steps, self.global_batch = total_steps, global_batch
     self.writes = jax.process_index() == 0
-    if metric_writers is None:
+    # Imported here, not with the module: it imports TensorFlow (~3 s), which a command that stops at bad
+    # input before its run starts need not wait for.
+    try:
+      from clu import metric_writers
+    except ImportError as e:  # clu or TensorFlow not installed
       self.writer = None
       if self.writes:
-        print(f'warning: no TensorBoard events in {workdir} ({_NO_TENSORBOARD}); metrics go to '
+        print(f'warning: no TensorBoard events in {workdir} ({type(e).__name__}: {e}); metrics go to '
               f'metrics.jsonl', flush=True)
     else:
       self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.writes,
