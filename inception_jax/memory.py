@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from inception_jax import train
-from inception_jax.step_timing import training_steps
+from inception_jax.step_timing import abstract_step_args, training_steps
 
 
 def step_memory_bytes(c, num_classes: int = 1000) -> int:
@@ -18,12 +18,7 @@ def step_memory_bytes(c, num_classes: int = 1000) -> int:
   batch (the state is donated, so its outputs reuse its buffers) plus the step's temporaries. Compiles
   for abstract inputs; nothing is allocated."""
   _, steps_ = training_steps(c, num_classes)
-  rng = jax.random.key(0)
-  state = jax.eval_shape(steps_.init, rng)
-  image = (c.batch_size, c.image_size, c.image_size, 3)
-  batch = {'image': jax.ShapeDtypeStruct(image, np.float32, sharding=steps_.sharded),
-           'label': jax.ShapeDtypeStruct(image[:1], np.int32, sharding=steps_.sharded)}
-  m = steps_.train_step.lower(state, batch, rng).compile().memory_analysis()
+  m = steps_.train_step.lower(*abstract_step_args(c, steps_)).compile().memory_analysis()
   return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
           + m.temp_size_in_bytes)
 

@@ -69,6 +69,16 @@ def training_steps(c, num_classes: int, devices=None):
   return model, train.Steps(model, tx, schedule, c, mesh=train.data_mesh(devices))
 
 
+def abstract_step_args(c, steps_) -> tuple:
+  """(state, batch, rng) of `steps_.train_step` for config `c` as shapes and shardings: enough to lower or
+  compile the step; nothing is allocated."""
+  rng = jax.eval_shape(jax.random.key, 0)
+  image = (c.batch_size, c.image_size, c.image_size, 3)
+  batch = {'image': jax.ShapeDtypeStruct(image, jax.numpy.float32, sharding=steps_.sharded),
+           'label': jax.ShapeDtypeStruct(image[:1], jax.numpy.int32, sharding=steps_.sharded)}
+  return jax.eval_shape(steps_.init, rng), batch, rng
+
+
 def step_flops(c, num_classes: int = 1000) -> float:
   """FLOPs of one training step of config `c` over its global batch, as XLA counts the program JAX hands
   it, before any backend rewrites it; counted by the CPU backend for the same program on one device.
@@ -84,11 +94,7 @@ def step_flops(c, num_classes: int = 1000) -> float:
   except RuntimeError:
     return float('nan')
   _, steps_ = training_steps(c, num_classes, devices=cpu)
-  rng = jax.eval_shape(jax.random.key, 0)
-  image = (c.batch_size, c.image_size, c.image_size, 3)
-  batch = {'image': jax.ShapeDtypeStruct(image, jax.numpy.float32, sharding=steps_.sharded),
-           'label': jax.ShapeDtypeStruct(image[:1], jax.numpy.int32, sharding=steps_.sharded)}
-  cost = steps_.train_step.lower(jax.eval_shape(steps_.init, rng), batch, rng).cost_analysis()
+  cost = steps_.train_step.lower(*abstract_step_args(c, steps_)).cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   return float((cost or {}).get('flops', float('nan')))
 
