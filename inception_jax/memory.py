@@ -59,11 +59,20 @@ def device_memory_bytes() -> tuple[int, str]:
   return ram // jax.local_device_count(), 'RAM / CPU devices'
 
 
-def largest_batch(c, limit_bytes: int, num_classes: int = 1000) -> tuple[int, list[tuple[int, int]]]:
-  """The largest global batch (a multiple of the device count) whose train step fits in `limit_bytes`
-  per device, and the (batch, bytes) compilations that found it. Memory grows linearly with the batch,
-  so two compilations predict it and a few more confirm it."""
-  unit = jax.device_count()
+def search_step(step: int | None) -> int:
+  """`largest_batch`'s resolution: `step` rounded up to a multiple of the device count (default: that)."""
+  devices = jax.device_count()
+  return -(-(step or devices) // devices) * devices
+
+
+def largest_batch(c, limit_bytes: int, num_classes: int = 1000, step: int | None = None
+                  ) -> tuple[int, list[tuple[int, int]]]:
+  """The largest global batch, to within `step` images, whose train step fits in `limit_bytes` per
+  device, and the (batch, bytes) compilations that found it: a multiple of `step` (rounded up to a
+  multiple of the device count; default, the device count itself) that fits while one `step` more does
+  not. Memory grows linearly with the batch, so two compilations predict it and a few more confirm it;
+  a coarser `step` saves compilations where the answer is in the thousands (a large accelerator)."""
+  unit = search_step(step)
   tried: dict[int, int] = {}
 
   def need(batch: int) -> int:
@@ -83,15 +92,15 @@ def largest_batch(c, limit_bytes: int, num_classes: int = 1000) -> tuple[int, li
   # steps that double away from it, then bisect, so a prediction off by many units costs a few compilations
   # (each is tens of seconds for Inception-v3 on a GPU), not one per unit.
   if need(batch) <= limit_bytes:
-    fits, step = batch, unit
-    while need(fits + step) <= limit_bytes:
-      fits, step = fits + step, 2 * step
-    too_big = fits + step
+    fits, stride = batch, unit
+    while need(fits + stride) <= limit_bytes:
+      fits, stride = fits + stride, 2 * stride
+    too_big = fits + stride
   else:
-    too_big, step = batch, unit
-    while too_big - step > unit and need(too_big - step) > limit_bytes:
-      too_big, step = too_big - step, 2 * step
-    fits = max(unit, too_big - step)
+    too_big, stride = batch, unit
+    while too_big - stride > unit and need(too_big - stride) > limit_bytes:
+      too_big, stride = too_big - stride, 2 * stride
+    fits = max(unit, too_big - stride)
   while too_big - fits > unit:
     middle = (fits + too_big) // 2 // unit * unit
     fits, too_big = (middle, too_big) if need(middle) <= limit_bytes else (fits, middle)

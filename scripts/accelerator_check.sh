@@ -20,7 +20,8 @@
 #   synthetic_loop        50 steps of `experiments.imagenet --config=v3 --config.dataset=synthetic` at
 #                         batch 128: the loop's img/s between its last two log steps (compilation left
 #                         out), its MFU from train_bf16's FLOPs per step, and the share spent waiting
-#   max_batch             the largest batch whose train step fits, without and with remat=blocks
+#   max_batch             the largest batch whose train step fits (to within 64 images), without and
+#                         with remat=blocks
 # A run that fails, passes its time limit or finds the budget spent prints {"check": ..., "error": ...,
 # "command": ...} and the script goes on; ACCELERATOR_CHECK_LOG=FILE keeps every run's stderr there. The dry run skips the installs and uses LeNet at 28 px, batches
 # 8 and 16, two steps, a 6 MB device for the largest-batch search: it tests the script, not the models.
@@ -51,7 +52,8 @@ else
   preset=v3; model=inception_v3; size=299; batches=(128 256); steps=10; warmup=2; loop_steps=50; limit=150
   remat=blocks
   budget=${ACCELERATOR_CHECK_BUDGET_S:-470}
-  memory=()
+  # To within 64 images: four compilations of the step when the linear prediction holds.
+  memory=(--max_batch_step=64)
   if [ "$installed" = 1 ]; then
     python=${PYTHON:-python3}
     "$python" -c 'import jax, sys; sys.exit(jax.default_backend() == "cpu")' || {
