@@ -6,7 +6,8 @@
 Takes every flag of `experiments.imagenet` (presets, --config.KEY overrides) and `--seeds`: a count N
 (seeds 0..N-1) or a list. Seed s trains in DIR/seed_s/; the command resumes: finished seeds are read back,
 an interrupted one continues from its checkpoint. Prints a table (median, mean ± sd, min, max, spread, and
-every seed's value) and, last, one JSON line; writes both to DIR/seeds.md and DIR/seeds.json.
+every seed's value) with the machine's measured speed beside the wall times (imagenet.machine_speed) and,
+last, one JSON line; writes both to DIR/seeds.md and DIR/seeds.json.
 """
 
 if __name__ == '__main__':  # first, before JAX and TensorFlow load: this may replace the process
@@ -47,7 +48,10 @@ def main(argv):
     cli.fail(e)
   summary = seeds.summarize(results)
   text = seeds.table(summary, chosen)
-  record = {'config': config.get('model'), 'seeds': chosen, 'summary': summary}
+  # wall_s is read beside what the machine computes (a shared or throttled one shows here).
+  machine = imagenet.machine_speed()
+  text += f'\n\nwall_s measured with: {machine}'
+  record = {'config': config.get('model'), 'seeds': chosen, 'summary': summary, 'machine': machine}
   with open(os.path.join(workdir, 'seeds.md'), 'w') as f:
     f.write(text + '\n')
   with open(os.path.join(workdir, 'seeds.json'), 'w') as f:

@@ -57,6 +57,7 @@ def test_a_preset_over_seeds_runs_each_once_and_resumes(tmp_path, fashion_dir):
     assert json.load(open(workdir / f'seed_{seed}' / 'config.json'))['seed'] == seed
   assert json.load(open(workdir / 'seeds.json')) == record
   assert '| eval/top1 (%) |' in open(workdir / 'seeds.md').read()
+  assert 'GFLOP/s' in record['machine'] and record['machine'] in open(workdir / 'seeds.md').read()
 
   # Again, with a third seed and the second one's result lost (interrupted after its last checkpoint).
   os.remove(workdir / 'seed_1' / 'result.json')

@@ -50,7 +50,9 @@ def fashion_mnist(c):
   # The first steps' gradient norms are ~10× later ones; b2 = 0.99 forgets them within ~100 steps
   # instead of ~1000.
   c.optimizer_kwargs.adamw.b2 = 0.99
-  c.learning_rate = 0.002
+  # At twice this rate the three seeds ended 2.6 points apart, each set apart early and kept its place
+  # to the end; at this one they agree (docs/recipes.md).
+  c.learning_rate = 0.001
   c.schedule = 'cosine'
   c.warmup_steps = 100
   # Clipping keeps one outsized batch gradient out of Adam's moments, the spikes that sent single runs
