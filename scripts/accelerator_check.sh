@@ -53,7 +53,7 @@ else
   remat=blocks
   budget=${ACCELERATOR_CHECK_BUDGET_S:-470}
   # To within 64 images: four compilations of the step when the linear prediction holds.
-  memory=(--max_batch_step=64)
+  memory=(--max_batch_resolution=64)
   if [ "$installed" = 1 ]; then
     python=${PYTHON:-python3}
     "$python" -c 'import jax, sys; sys.exit(jax.default_backend() == "cpu")' || {
