@@ -187,7 +187,7 @@ def report_largest_batch(c) -> int:
   limit, source = ((int(_MEMORY_GB.value * 2**30), '--memory_gb') if _MEMORY_GB.value
                    else memory.device_memory_bytes())
   try:
-    batch, tried = memory.largest_batch(c, limit, step=_MAX_BATCH_RESOLUTION.value)
+    batch, resolution, tried = memory.largest_batch(c, limit, step=_MAX_BATCH_RESOLUTION.value)
   except ValueError as e:
     cli.fail(e)
   per_image = (tried[-1][1] - tried[0][1]) / max(1, tried[-1][0] - tried[0][0])
@@ -196,7 +196,7 @@ def report_largest_batch(c) -> int:
             'remat': c.remat, 'kernels': kernels.resolve(c.kernels), 'devices': jax.device_count(),
             'device_kind': jax.devices()[0].device_kind,
             'memory_limit_bytes': limit, 'memory_limit_source': source, 'max_batch': batch,
-            'max_batch_resolution': memory.search_step(_MAX_BATCH_RESOLUTION.value),
+            'max_batch_resolution': resolution,
             'bytes_per_image': per_image, 'saved_bytes_per_image': saved,
             'tried': [{'batch': b, 'bytes': n} for b, n in tried]}
   remat = f' with remat={c.remat}' if c.remat else ''

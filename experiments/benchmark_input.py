@@ -8,6 +8,8 @@ With `--reference` (training split of an ImageFolder, e.g. `--fake_jpegs`) a pla
 here (read the file, fused decode-and-crop of a random window, resize, flip, normalise, batch, prefetch) is
 timed on the same files in the same run, alternating with ours, and our ratio to it is printed, in images/s
 and in CPU time per image (the process's, all threads: the steadier figure where others share the machine).
+Ours yields uint8 pixels, normalised on the devices by the training loop; the reference float32, normalised
+here on the host as the textbook pipelines do.
     python -m experiments.benchmark_input --source=imagefolder:/data/flowers --split=eval
 """
 

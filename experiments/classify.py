@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
   import jax
   import tensorflow as tf
 
-  from inception_jax import convert, models
+  from inception_jax import convert, data, models
   from inception_jax.data import preprocess
 
   try:
@@ -50,17 +50,18 @@ def main(argv: list[str]) -> None:
   if missing:
     cli.fail(f'no such image: {missing[0]}')
   info = models.model_info(pretrained.model)
+  spec = data.ImageSpec.for_model(info)
   model = pretrained.create_model()
   names = imagenet_class_names() if pretrained.num_classes == 1000 else [
       f'class {i}' for i in range(pretrained.num_classes)]
   predict = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False).logits))
   for path in images:
     try:
-      image = preprocess.eval_image(tf.constant(tf.io.read_file(path)), info.input_size, info.mean,
-                                    info.std, info.crop_pct, encoded=True)
+      pixels = preprocess.eval_image(tf.constant(tf.io.read_file(path)), info.input_size, info.crop_pct,
+                                     encoded=True)
     except tf.errors.InvalidArgumentError:
       cli.fail(f'{path}: not a readable image (JPEG, PNG, GIF or BMP)')
-    probs = np.asarray(predict(pretrained.variables, image.numpy()[None]))[0]
+    probs = np.asarray(predict(pretrained.variables, spec.normalize(pixels.numpy()[None])))[0]
     print(path)
     for i in np.argsort(-probs)[:_TOP.value]:
       print(f'  {probs[i]:7.2%}  {names[i]}')

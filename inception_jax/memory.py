@@ -5,6 +5,7 @@ that fits."""
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -59,20 +60,21 @@ def device_memory_bytes() -> tuple[int, str]:
   return ram // jax.local_device_count(), 'RAM / CPU devices'
 
 
-def search_step(step: int | None) -> int:
-  """`largest_batch`'s resolution: `step` rounded up to a multiple of the device count (default: that)."""
-  devices = jax.device_count()
-  return -(-(step or devices) // devices) * devices
+class BatchSearch(NamedTuple):
+  """What `largest_batch` found: the batch, the resolution it was searched to (a multiple of the device
+  count), and the (batch, bytes per device) of each compilation made."""
+  batch: int
+  resolution: int
+  tried: list[tuple[int, int]]
 
 
-def largest_batch(c, limit_bytes: int, num_classes: int = 1000, step: int | None = None
-                  ) -> tuple[int, list[tuple[int, int]]]:
+def largest_batch(c, limit_bytes: int, num_classes: int = 1000, step: int | None = None) -> BatchSearch:
   """The largest global batch, to within `step` images, whose train step fits in `limit_bytes` per
-  device, and the (batch, bytes) compilations that found it: a multiple of `step` (rounded up to a
-  multiple of the device count; default, the device count itself) that fits while one `step` more does
-  not. Memory grows linearly with the batch, so two compilations predict it and a few more confirm it;
+  device: a multiple of `step` (rounded up to a multiple of the device count; default, the device count
+  itself) that fits while one `step` more does not. Memory grows linearly with the batch, so two compilations predict it and a few more confirm it;
   a coarser `step` saves compilations where the answer is in the thousands (a large accelerator)."""
-  unit = search_step(step)
+  devices = jax.device_count()
+  unit = -(-(step or devices) // devices) * devices
   tried: dict[int, int] = {}
 
   def need(batch: int) -> int:
@@ -105,4 +107,4 @@ def largest_batch(c, limit_bytes: int, num_classes: int = 1000, step: int | None
     middle = (fits + too_big) // 2 // unit * unit
     fits, too_big = (middle, too_big) if need(middle) <= limit_bytes else (fits, middle)
   need(fits), need(fits + unit)   # both neighbours measured, as the record shows
-  return fits, sorted(tried.items())
+  return BatchSearch(fits, unit, sorted(tried.items()))

@@ -239,9 +239,22 @@ def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict) -> Callabl
   return loss_fn  # remat='blocks' is built into the model (`build_model`)
 
 
+def model_batch(batch: dict, spec: data.ImageSpec | None) -> dict:
+  """The batch as the model takes it: uint8 pixels (what the input pipelines yield) normalised by `spec`,
+  float images as they are. The steps call it on the devices, so the normalisation is part of the step's
+  program (a call of its own before the step would, on the CPU backend, wait for the step before it)."""
+  if batch['image'].dtype != jnp.uint8:
+    return batch
+  if spec is None:
+    raise ValueError('uint8 images need their normalisation: build the steps with the ImageSpec (spec=...)')
+  return {**batch, 'image': spec.normalize(batch['image'])}
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    config: ml_collections.ConfigDict, axis_name: str | None = None) -> Callable:
-  """`train_step(state, batch, rng) -> (state, metrics)`; with `axis_name` it runs per device (shard_map)."""
+                    config: ml_collections.ConfigDict, axis_name: str | None = None,
+                    spec: data.ImageSpec | None = None) -> Callable:
+  """`train_step(state, batch, rng) -> (state, metrics)`; with `axis_name` it runs per device (shard_map).
+  uint8 images are normalised by `spec` (`model_batch`)."""
   loss_fn = make_loss_fn(model, config)
   squared_norms = kernels.get(config.kernels).squared_norms
 
@@ -249,6 +262,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     return jnp.sqrt(jnp.sum(squared_norms(tree)))
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
+    batch = model_batch(batch, spec)
     rng = jax.random.fold_in(rng, state.step)
     if axis_name is not None:
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
@@ -317,10 +331,12 @@ def add_to_window(window: tuple[dict, jax.Array] | None, metrics: dict) -> tuple
   return sums, count + finite.astype(jnp.int32)
 
 
-def make_eval_step(model: nn.Module, smoothing: float = 0.0) -> Callable:
-  """`eval_step(params, batch_stats, batch) -> sums` over the real (mask True) examples of a batch."""
+def make_eval_step(model: nn.Module, smoothing: float = 0.0, spec: data.ImageSpec | None = None) -> Callable:
+  """`eval_step(params, batch_stats, batch) -> sums` over the real (mask True) examples of a batch; uint8
+  images are normalised by `spec` (`model_batch`)."""
 
   def eval_step(params, batch_stats, batch):
+    batch = model_batch(batch, spec)
     out = model.apply({'params': params, 'batch_stats': batch_stats}, batch['image'], train=False)
     mask = batch['mask']
     n = jnp.sum(mask.astype(jnp.float32))
@@ -347,19 +363,23 @@ def data_mesh(devices=None) -> jax.sharding.Mesh:
 class Steps:
   """The jitted train and eval steps on a 1-D mesh of all devices, and global-batch assembly."""
 
-  def __init__(self, model, tx, schedule, config, mesh: jax.sharding.Mesh | None = None):
+  def __init__(self, model, tx, schedule, config, mesh: jax.sharding.Mesh | None = None,
+               spec: data.ImageSpec | None = None):
     self.mesh = mesh or data_mesh()
     self.replicated = NamedSharding(self.mesh, P())
     self.sharded = NamedSharding(self.mesh, P('data'))
     if config.bn_per_device:
-      step = jax.shard_map(make_train_step(model, tx, schedule, config, axis_name='data'), mesh=self.mesh,
-                           in_specs=(P(), P('data'), P()), out_specs=(P(), P()), check_vma=False)
+      step = jax.shard_map(make_train_step(model, tx, schedule, config, axis_name='data', spec=spec),
+                           mesh=self.mesh, in_specs=(P(), P('data'), P()), out_specs=(P(), P()),
+                           check_vma=False)
     else:
-      step = make_train_step(model, tx, schedule, config)
+      step = make_train_step(model, tx, schedule, config, spec=spec)
     self.train_step = jax.jit(step, in_shardings=(self.replicated, self.sharded, self.replicated),
                               out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
-    self.eval_step = jax.jit(make_eval_step(model), in_shardings=(self.replicated,) * 2 + (self.sharded,),
-                             out_shardings=self.replicated)
+    self.eval_step = jax.jit(make_eval_step(model, spec=spec),
+                             in_shardings=(self.replicated,) * 2 + (self.sharded,), out_shardings=self.replicated)
+    # What the probes of research tools see: the batch as the model takes it.
+    self.model_batch = jax.jit(functools.partial(model_batch, spec=spec))
     self.init = jax.jit(functools.partial(init_state, model, tx, image_size=config.image_size,
                                           ema=bool(config.ema_decay)),
                         out_shardings=self.replicated)
@@ -511,7 +531,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   model = build_model(config, num_classes)
   probe = make_probe(model) if make_probe else None
   tx, schedule = build_optimizer(config, total_steps, steps_per_epoch, config.batch_size)
-  steps_ = Steps(model, tx, schedule, config)
+  steps_ = Steps(model, tx, schedule, config, spec=spec)
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   state = steps_.init(init_rng)
@@ -568,7 +588,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       batch = next(train_iter)
       input_wait += time.perf_counter() - waiting
       if probe is not None:
-        probe(step - 1, state, batch)
+        probe(step - 1, state, steps_.model_batch(batch))
       state, metrics = steps_.train_step(state, batch, step_rng)
       window = add_to_window(window, metrics)
       logs, saves = step % log_every == 0 or step == total_steps, step % checkpoint_every == 0

@@ -126,10 +126,9 @@ def test_max_batch_search_brackets_the_answer_in_a_few_compilations(monkeypatch,
   def need(c, num_classes):   # a fixed part, a per-image part, and a bump every 50 images
     return 10_000_000 + 37_000 * c.batch_size + 13_000 * (c.batch_size // 50)
   monkeypatch.setattr(memory, 'step_memory_bytes', need)
-  unit = memory.search_step(step)
-  assert unit == (step or jax.device_count()) and unit % jax.device_count() == 0
   limit = 150_000_000
-  best, tried = memory.largest_batch(types.SimpleNamespace(batch_size=0), limit, step=step)
+  best, unit, tried = memory.largest_batch(types.SimpleNamespace(batch_size=0), limit, step=step)
+  assert unit == (step or jax.device_count()) and unit % jax.device_count() == 0
   needs = dict(tried)
   assert best % unit == 0 and needs[best] <= limit < needs[best + unit]
   assert len(tried) <= most_compilations

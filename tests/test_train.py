@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from inception_jax import checkpoint, train
+from inception_jax import checkpoint, data, train
 from inception_jax.data import sources
 
 from conftest import ROOT, run_module, tiny_config, write_idx
@@ -158,6 +158,33 @@ def _one_step(devices, bn_per_device=False, dtype='float32'):
            'label': rng.integers(0, 10, 16).astype(np.int32)}
   state, metrics = steps.train_step(state, steps.global_batch(batch), jax.random.key(1))
   return jax.device_get(state), jax.device_get(metrics)
+
+
+def test_the_pipelines_uint8_pixels_are_normalised_inside_the_steps():
+  # The input pipelines hand over uint8 pixels; the steps normalise them with the ImageSpec, as if they had
+  # been given the float images ((x / 255 - mean) / std).
+  c = tiny_config('', image_size=8, batch_size=8)
+  model = TinyInception(num_classes=10)
+  tx, schedule = train.build_optimizer(c, 10, 10, 8)
+  mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+  pixels = (np.arange(8 * 8 * 8 * 3) % 256).reshape(8, 8, 8, 3).astype(np.uint8)   # every value
+  floats = ((pixels / 255 - np.array(mean)) / np.array(std)).astype(np.float32)
+  label = np.arange(8, dtype=np.int32)
+  steps = train.Steps(model, tx, schedule, c, spec=data.ImageSpec(8, mean, std))
+  state = steps.init(jax.random.key(0))
+  rng = jax.random.key(1)
+  as_pixels = steps.global_batch({'image': pixels, 'label': label})
+  as_floats = steps.global_batch({'image': floats, 'label': label})
+  np.testing.assert_allclose(steps.model_batch(as_pixels)['image'], floats, atol=1e-6)
+  mask = {'mask': steps.global_batch({'image': pixels, 'mask': np.ones(8, bool)})['mask']}
+  evals = [steps.eval_step(state.params, state.batch_stats, {**b, **mask}) for b in (as_pixels, as_floats)]
+  np.testing.assert_allclose(evals[0]['loss'], evals[1]['loss'], rtol=1e-5)
+  (_, m_pixels), (_, m_floats) = (steps.train_step(jax.tree.map(jnp.copy, state), b, rng)
+                                  for b in (as_pixels, as_floats))
+  for key in ('loss', 'l2_grads'):
+    np.testing.assert_allclose(m_pixels[key], m_floats[key], rtol=1e-5)
+  with pytest.raises(ValueError, match='uint8 images need their normalisation'):
+    train.Steps(model, tx, schedule, c).train_step(state, as_pixels, rng)
 
 
 @pytest.mark.slow

@@ -35,6 +35,13 @@ class ImageSpec:
       raise ValueError(f'image size {size} is below the minimum {info.min_input_size} of {info.name}')
     return cls(size, tuple(info.mean), tuple(info.std), info.crop_pct if crop_pct is None else crop_pct)
 
+  def normalize(self, pixels: jax.Array) -> jax.Array:
+    """uint8 pixels (what the input pipelines yield) to the model's float32 input, ((x/255 - mean) / std),
+    computed where `pixels` are: on the devices, one pass over the batch (as x / (255·std) - mean/std)."""
+    scale = np.float32(255.0) * np.asarray(self.std, np.float32)
+    offset = np.asarray(self.mean, np.float32) / np.asarray(self.std, np.float32)
+    return jnp.asarray(pixels).astype(jnp.float32) / scale - offset
+
 
 def check_batch_size(batch_size: int, what: str = 'batch_size') -> None:
   if not isinstance(batch_size, int) or batch_size < 1:

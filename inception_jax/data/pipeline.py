@@ -1,7 +1,8 @@
 """Batches for training and evaluation: tf.data pipelines over a source.
 
 Each process reads its own shard and yields per-process batches of numpy arrays; the training code builds
-global arrays from them. Training streams are infinite, shuffled and augmented deterministically for a
+global arrays from them. Images are uint8 pixels; `ImageSpec.normalize`, on the devices, makes the model's
+input of them. Training streams are infinite, shuffled and augmented deterministically for a
 seed, and can start at any step. Evaluation streams cover the split exactly once: the last batch is padded
 and a `mask` marks the real examples, and every process yields the same number of batches.
 """
@@ -45,7 +46,7 @@ def train_batches(source: Source, spec: ImageSpec, batch_size: int, *, seed: int
     process_index, process_count: this process's shard (default: jax's).
 
   Yields:
-    {'image': float32 [B, S, S, 3], 'label': int32 [B]}.
+    {'image': uint8 [B, S, S, 3], 'label': int32 [B]}.
   """
   check_batch_size(batch_size)
   index = jax.process_index() if process_index is None else process_index
@@ -62,8 +63,7 @@ def train_batches(source: Source, spec: ImageSpec, batch_size: int, *, seed: int
 
   def prepare(position, ex):
     example_seed = tf.stack([tf.constant(process_seed, tf.int64), position])
-    image = preprocess.train_image(split.image(ex), example_seed, spec.size, spec.mean, spec.std, augment,
-                                   split.encoded)
+    image = preprocess.train_image(split.image(ex), example_seed, spec.size, augment, split.encoded)
     return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
 
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
@@ -104,12 +104,12 @@ def eval_batches(source: Source, spec: ImageSpec, batch_size: int, *, process_in
   pad = num_batches * batch_size - split.num_examples
 
   def prepare(ex):
-    image = preprocess.eval_image(split.image(ex), spec.size, spec.mean, spec.std, spec.crop_pct, split.encoded)
+    image = preprocess.eval_image(split.image(ex), spec.size, spec.crop_pct, split.encoded)
     return {'image': image, 'label': tf.cast(ex['label'], tf.int32), 'mask': tf.constant(True)}
 
   ds = split.dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   padding = tf.data.Dataset.from_tensors({
-      'image': tf.zeros([spec.size, spec.size, 3], tf.float32),
+      'image': tf.zeros([spec.size, spec.size, 3], tf.uint8),
       'label': tf.constant(0, tf.int32),
       'mask': tf.constant(False)}).repeat(pad)
   ds = ds.concatenate(padding).batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

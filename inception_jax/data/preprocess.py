@@ -1,5 +1,9 @@
 """Inception-style image preprocessing in TensorFlow ops (TF-slim's inception_preprocessing, made stateless).
 
+The functions return uint8 pixels: batches cross to the accelerators at a quarter of float32's bytes, and
+`ImageSpec.normalize` makes the model's input on the devices (as timm's GPU prefetcher and DALI do). The
+rounding after the resize is that of torchvision's and keras's PIL resizes.
+
 Every random choice takes an explicit `seed` (a shape-[2] int tensor derived from the run's seed and the
 example's position in the stream), so a pipeline gives the same images for the same seed however many
 threads decode them, and a resumed run sees exactly the images it would have seen.
@@ -8,8 +12,6 @@ threads decode them, and a resumed run sees exactly the images it would have see
 from __future__ import annotations
 
 import dataclasses
-
-import numpy as np
 
 from inception_jax.data import import_tensorflow
 
@@ -60,34 +62,19 @@ def _crop(image: tf.Tensor, encoded: bool, window_of) -> tf.Tensor:
   def other():
     return _to_rgb(cut(tf.io.decode_image(image, channels=0, expand_animations=False)))
 
-  # tf.cond loses the channel count; normalize needs the static shape for its fast path.
+  # tf.cond loses the channel count, which the batch's static shape needs.
   return tf.ensure_shape(tf.cond(tf.io.is_jpeg(image), jpeg, other), [None, None, 3])
 
 
-def normalize(image: tf.Tensor, mean, std) -> tf.Tensor:
-  """uint8-range pixels to float32 ((x/255 - mean) / std); mean = std = 0.5 gives the Inception [-1, 1].
-
-  Computed as x / (255·std) - mean/std, two passes over the image instead of three; the numbers are those of
-  the formula above bit for bit when std is a power of two (Inception's 0.5: x/127.5 - 1), within float
-  rounding otherwise. For an image of known shape the per-channel constants are whole images: TensorFlow's
-  CPU kernels broadcast a [3] vector over [H, W, 3] about 7× slower than they divide equal shapes (1.3 ms
-  more per 299² image: more than half of the training pipeline's CPU time when this went unnoticed).
-  """
-  image = tf.cast(image, tf.float32)
-  if len(set(mean)) == len(set(std)) == 1:   # Inception's: scalars, the cheapest of all
-    return image / (255.0 * std[0]) - mean[0] / std[0]
-  scale = np.array([255.0 * s for s in std], np.float32)
-  offset = np.array([m / s for m, s in zip(mean, std)], np.float32)
-  if image.shape.is_fully_defined():
-    scale, offset = (np.broadcast_to(c, image.shape.as_list()) for c in (scale, offset))
-  return image / tf.constant(scale) - tf.constant(offset)
-
-
-def _clip_pixels(image: tf.Tensor, needed: bool) -> tf.Tensor:
-  """Clips to [0, 255] where values can leave it. A bilinear resize (no antialias) of uint8 pixels cannot:
-  each output is a convex combination of inputs and float rounding is monotone, so the clip, two more passes
-  over the image, is only made after colour distortion or for input that was not uint8."""
-  return tf.clip_by_value(image, 0.0, 255.0) if needed else image
+def _pixels(image: tf.Tensor, clip: bool) -> tf.Tensor:
+  """Float pixels in the uint8 range to uint8, rounded. A bilinear resize (no antialias) of uint8 pixels
+  cannot leave [0, 255]: each output is a convex combination of inputs and float rounding is monotone, so
+  the clip, two more passes over the image, is only made after colour distortion or for input that was not
+  uint8. Rounding and casting cost 0.1 ms less per 299² image than host normalisation to float32, and the
+  batch is a quarter of the bytes to copy (measured in docs/performance.md)."""
+  if clip:
+    image = tf.clip_by_value(image, 0.0, 255.0)
+  return tf.cast(tf.round(image), tf.uint8)
 
 
 def distorted_crop_window(shape: tf.Tensor, seed: tf.Tensor, augment: TrainAugment):
@@ -114,9 +101,9 @@ def _color_distort(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   return tf.clip_by_value(image, 0.0, 1.0)
 
 
-def train_image(image: tf.Tensor, seed: tf.Tensor, size: int, mean, std, augment: TrainAugment,
+def train_image(image: tf.Tensor, seed: tf.Tensor, size: int, augment: TrainAugment,
                 encoded: bool) -> tf.Tensor:
-  """Random-area crop → resize to size×size → flip → (colour distortion) → normalize. Returns float32."""
+  """Random-area crop → resize to size×size → flip → (colour distortion). Returns uint8 [size, size, 3]."""
   crop_seed, flip_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
   clip = augment.color_distort or (not encoded and image.dtype != tf.uint8)
   image = _crop(image, encoded, lambda shape: distorted_crop_window(shape, crop_seed, augment))
@@ -125,11 +112,11 @@ def train_image(image: tf.Tensor, seed: tf.Tensor, size: int, mean, std, augment
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   if augment.color_distort:
     image = _color_distort(image / 255.0, color_seed) * 255.0
-  return normalize(_clip_pixels(image, clip), mean, std)
+  return _pixels(image, clip)
 
 
-def eval_image(image: tf.Tensor, size: int, mean, std, crop_pct: float, encoded: bool) -> tf.Tensor:
-  """Central square of `crop_pct` of the shorter side (87.5% for Inception), resized to size×size.
+def eval_image(image: tf.Tensor, size: int, crop_pct: float, encoded: bool) -> tf.Tensor:
+  """Central square of `crop_pct` of the shorter side (87.5% for Inception), resized to size×size (uint8).
 
   Same as timm/torchvision's "resize the shorter side to size/crop_pct, then centre-crop size×size".
   """
@@ -142,4 +129,4 @@ def eval_image(image: tf.Tensor, size: int, mean, std, crop_pct: float, encoded:
 
   image = _crop(image, encoded, central)
   image = tf.image.resize(image, [size, size], method='bilinear', antialias=False)
-  return normalize(_clip_pixels(image, clip), mean, std)
+  return _pixels(image, clip)
