@@ -11,7 +11,7 @@ from jax.experimental import io_callback
 from jax.sharding import PartitionSpec as P
 
 from experiments.configs import v3
-from inception_jax import train
+from inception_jax import data, models, train
 
 PLATFORMS = ('tpu', 'cuda')
 # custom_call targets every backend implements (sharding annotations of the SPMD partitioner).
@@ -66,10 +66,12 @@ def _steps(mesh, bn_per_device=False):
   config.image_size = SIZE
   model = train.build_model(config, num_classes=1000)
   tx, schedule = train.build_optimizer(config, total_steps=1000, steps_per_epoch=100, global_batch=BATCH)
-  steps = train.Steps(model, tx, schedule, config, mesh=mesh)
+  # The images arrive as the input pipelines give them, uint8 pixels the steps normalise.
+  spec = data.ImageSpec.for_model(models.model_info(config.model), SIZE)
+  steps = train.Steps(model, tx, schedule, config, mesh=mesh, spec=spec)
   state = jax.eval_shape(steps.init, jax.random.key(0))
   state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=steps.replicated), state)
-  batch = {'image': jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.float32, sharding=steps.sharded),
+  batch = {'image': jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.uint8, sharding=steps.sharded),
            'label': jax.ShapeDtypeStruct((BATCH,), jnp.int32, sharding=steps.sharded)}
   eval_batch = {**batch, 'mask': jax.ShapeDtypeStruct((BATCH,), jnp.bool_, sharding=steps.sharded)}
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=steps.replicated)
@@ -89,8 +91,10 @@ def test_v3_train_step_exports_for_tpu_and_cuda_with_nothing_cpu_only(devices):
   exported = export_for_accelerators(steps.train_step, state, batch, rng)
   assert exported.nr_devices == devices
   assert_shardings_as_given(exported, mesh, state, batch, rng)
-  # bfloat16 compute: the convolutions of the exported step run on bfloat16 operands.
+  # bfloat16 compute: the convolutions of the exported step run on bfloat16 operands; the images come in
+  # as uint8.
   assert re.search(r'stablehlo\.convolution.*bf16', exported.mlir_module())
+  assert f'tensor<{BATCH}x{SIZE}x{SIZE}x3xui8>' in exported.mlir_module()
 
 
 @pytest.mark.parametrize('devices', [1, 8])
@@ -101,6 +105,7 @@ def test_v3_eval_step_exports_for_tpu_and_cuda_with_nothing_cpu_only(devices):
   assert exported.nr_devices == devices
   assert_shardings_as_given(exported, mesh, state.params, state.batch_stats, eval_batch)
   assert re.search(r'stablehlo\.convolution.*bf16', exported.mlir_module())
+  assert f'tensor<{BATCH}x{SIZE}x{SIZE}x3xui8>' in exported.mlir_module()
 
 
 @pytest.mark.slow

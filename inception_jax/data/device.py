@@ -37,7 +37,7 @@ class ImageSpec:
 
   def normalize(self, pixels: jax.Array) -> jax.Array:
     """uint8 pixels (what the input pipelines yield) to the model's float32 input, ((x/255 - mean) / std),
-    computed where `pixels` are: on the devices, one pass over the batch (as x / (255·std) - mean/std)."""
+    computed where `pixels` are: inside the train and eval steps, one pass (as x / (255·std) - mean/std)."""
     scale = np.float32(255.0) * np.asarray(self.std, np.float32)
     offset = np.asarray(self.mean, np.float32) / np.asarray(self.std, np.float32)
     return jnp.asarray(pixels).astype(jnp.float32) / scale - offset

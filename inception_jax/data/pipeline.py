@@ -1,8 +1,8 @@
 """Batches for training and evaluation: tf.data pipelines over a source.
 
 Each process reads its own shard and yields per-process batches of numpy arrays; the training code builds
-global arrays from them. Images are uint8 pixels; `ImageSpec.normalize`, on the devices, makes the model's
-input of them. Training streams are infinite, shuffled and augmented deterministically for a
+global arrays from them. Images are uint8 pixels; the steps make the model's input of them on the devices
+(`ImageSpec.normalize`). Training streams are infinite, shuffled and augmented deterministically for a
 seed, and can start at any step. Evaluation streams cover the split exactly once: the last batch is padded
 and a `mask` marks the real examples, and every process yields the same number of batches.
 """

@@ -1,8 +1,9 @@
 """Inception-style image preprocessing in TensorFlow ops (TF-slim's inception_preprocessing, made stateless).
 
 The functions return uint8 pixels: batches cross to the accelerators at a quarter of float32's bytes, and
-`ImageSpec.normalize` makes the model's input on the devices (as timm's GPU prefetcher and DALI do). The
-rounding after the resize is that of torchvision's and keras's PIL resizes.
+the train and eval steps make the model's input of them on the devices (`ImageSpec.normalize`, as timm's
+GPU prefetcher and DALI normalise on the GPU). The rounding after the resize is that of torchvision's and
+Keras's PIL resizes.
 
 Every random choice takes an explicit `seed` (a shape-[2] int tensor derived from the run's seed and the
 example's position in the stream), so a pipeline gives the same images for the same seed however many
