@@ -65,8 +65,7 @@ _DATASET = flags.DEFINE_string('dataset', 'fashion_mnist', 'the dataset every ro
 _DATA_DIR = flags.DEFINE_string('data_dir', '', "the dataset's files (default: where it is installed)")
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', None,
                                    "default: the smallest input every row's auxiliary heads take")
-_NO_CACHE = flags.DEFINE_bool('no_cache', False, 'no persistent compilation cache ($JAX_COMPILATION_CACHE_DIR, '
-                              'default ~/.cache/inception_jax/jax)')
+
 
 
 def preset(name: str):
@@ -143,9 +142,7 @@ def main(argv: list[str]) -> None:
     rows = tuple(r for r in rows if r.preset in _ROWS.value)
   if _STEPS.value < 1:
     cli.fail(f'--steps must be positive, got {_STEPS.value}')
-  if not _NO_CACHE.value:
-    from inception_jax import compile_cache
-    compile_cache.enable_persistent_cache()
+  cli.enable_compilation_cache()
   from experiments.configs import base
   # One input size for the whole table: the largest any row's auxiliary heads need.
   image_size = _IMAGE_SIZE.value or max(base.short_run(preset(r.preset), 1).image_size for r in rows)

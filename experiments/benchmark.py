@@ -60,7 +60,6 @@ _PROFILE = flags.DEFINE_string('profile', None,
 _KERNELS = flags.DEFINE_enum('kernels', 'auto', ['auto', 'lax', 'cpu'],
                              'how convolutions, pools and BN are computed (config key kernels): lax is stock '
                              'flax/optax/lax, cpu the XLA:CPU formulations, auto cpu on the CPU only')
-_NO_CACHE = flags.DEFINE_bool('no_cache', False, 'no persistent compilation cache')
 _EXECUTABLE_CACHE = flags.DEFINE_bool(
     'executable_cache', True, "with the cache on, also keep the whole compiled train step in its executables/ "
     "(found without tracing); --noexecutable_cache leaves JAX's own cache alone")
@@ -102,7 +101,7 @@ def main(argv: list[str]) -> int:
   if peer == 'keras' and not os.environ.get('KERAS_BACKEND'):
     os.environ['KERAS_BACKEND'] = 'jax'  # before anything imports Keras (TensorFlow can)
   import jax
-  from inception_jax import compile_cache, hardware, kernels, models
+  from inception_jax import hardware, kernels, models
   if _BATCH.value < 1 or (peer is None and _BATCH.value % jax.device_count()):
     cli.fail(f'--batch must be a positive multiple of the {jax.device_count()} devices, got {_BATCH.value}')
   if _STEPS.value < 1 or _WARMUP.value < 0:
@@ -128,7 +127,7 @@ def main(argv: list[str]) -> int:
     cli.fail(f'--profile={profile} is a file; give a directory (made if missing) for the trace and tables')
   c.remat = _REMAT.value
   c.kernels = _KERNELS.value
-  cache = None if _NO_CACHE.value else compile_cache.enable_persistent_cache()
+  cache = cli.enable_compilation_cache()
   if _MAX_BATCH.value:
     return report_largest_batch(c)
 

@@ -7,11 +7,61 @@ any other bad input.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import sys
 from typing import Callable, NoReturn, Sequence
 
 from absl import app, flags, logging
+
+
+# Every tool that compiles keeps its programs in JAX's persistent cache unless told not to; one flag name.
+_COMPILATION_CACHE = flags.DEFINE_bool(
+    'compilation_cache', True, 'keep compiled programs in $JAX_COMPILATION_CACHE_DIR (default '
+    '~/.cache/inception_jax/jax), so that a resumed or repeated run skips XLA\'s compiler')
+
+
+def enable_compilation_cache() -> str | None:
+  """Turns JAX's persistent compilation cache on unless --nocompilation_cache; returns its directory."""
+  if not _COMPILATION_CACHE.value:
+    return None
+  from inception_jax import compile_cache
+  return compile_cache.enable_persistent_cache()
+
+
+# Exit statuses besides 0 (finished) and 2 (bad input): a non-finite loss or gradient stopped the run; a
+# preemption notice (SIGTERM) stopped it after a checkpoint, so running the command again resumes it
+# (75 is sysexits' EX_TEMPFAIL: try again).
+EXIT_NONFINITE = 3
+EXIT_PREEMPTED = 75
+
+
+@contextlib.contextmanager
+def training_errors():
+  """How a training tool ends when its run does not finish: a preemption with status 75 (its message
+  says the same command resumes), a NaN or infinity with 3, bad input (a value the code rejects, a path
+  the system refuses) as one line with 2. A traceback would add nothing the user can act on."""
+  from inception_jax import train
+  try:
+    yield
+  except train.Preempted as e:
+    print(str(e), file=sys.stderr, flush=True)
+    sys.exit(EXIT_PREEMPTED)
+  except FloatingPointError as e:  # the run diverged: not bad input, and a wrapper may want to tell
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(EXIT_NONFINITE)
+  except (ValueError, OSError) as e:
+    fail(e)
+
+
+def machine_speed() -> str:
+  """What the devices can compute, to read a wall time by: on the CPU a 2048² float32 matrix product
+  measured now (a shared or throttled machine shows here), elsewhere the data sheet's peak."""
+  from inception_jax import hardware
+  flops, where = hardware.peak_flops('float32')
+  if where == 'measured matrix product':
+    return f'2048² float32 matrix product on this machine: {flops / 1e9:,.0f} GFLOP/s'
+  return f'{flops / 1e12:,.0f} TFLOP/s float32 peak, {where}'
 
 
 def fail(message) -> NoReturn:

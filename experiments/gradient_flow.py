@@ -66,9 +66,10 @@ def study(config, workdir: str) -> tuple[list[dict], object, str]:
   from inception_jax import gradient_flow, train
   made = {}
 
-  def make_probe(model):
-    made['flow'] = gradient_flow.GradientFlow(model, config.image_size, _EVERY.value, workdir,
-                                              smoothing=config.label_smoothing, aux_weight=config.aux_weight)
+  def make_probe(model, spec):
+    made['flow'] = gradient_flow.GradientFlow(model, spec, _EVERY.value, workdir,
+                                              smoothing=config.label_smoothing, aux_weight=config.aux_weight,
+                                              seed=config.seed)
     return made['flow']
 
   train.train_and_evaluate(config, workdir, make_probe)
@@ -87,7 +88,7 @@ def study(config, workdir: str) -> tuple[list[dict], object, str]:
 
 def main(argv):
   del argv
-  imagenet.enable_compilation_cache()
+  cli.enable_compilation_cache()
   from inception_jax import gradient_flow
   config, workdir = imagenet._CONFIG.value, imagenet.require_workdir()
   try:

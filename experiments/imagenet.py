@@ -27,11 +27,6 @@ from experiments import cli
 from experiments.configs import base
 
 CONFIGS = os.path.join(os.path.dirname(__file__), 'configs')
-# Exit statuses besides 0 (finished) and 2 (bad input): a non-finite loss or gradient stopped the run; a
-# preemption notice (SIGTERM) stopped it after a checkpoint, so running the command again resumes it
-# (75 is sysexits' EX_TEMPFAIL: try again).
-EXIT_NONFINITE = 3
-EXIT_PREEMPTED = 75
 
 
 def parse(argv) -> list[str]:
@@ -151,9 +146,6 @@ _MULTIHOST = flags.DEFINE_bool('multihost', False, 'initialise jax.distributed f
 _HEARTBEAT = flags.DEFINE_integer(
     'heartbeat_timeout_s', 100, 'multi-host: seconds without news from a process before the others stop '
     'with an error (a process that died would otherwise leave them waiting)')
-_COMPILATION_CACHE = flags.DEFINE_bool(
-    'compilation_cache', True, 'keep compiled programs in $JAX_COMPILATION_CACHE_DIR (default '
-    '~/.cache/inception_jax/jax), so that a resumed or repeated run skips XLA\'s compiler')
 
 
 def command_line_keys(argv: list[str]) -> set[str]:
@@ -183,53 +175,27 @@ def start_distributed() -> None:
                              heartbeat_timeout_seconds=_HEARTBEAT.value)
 
 
-def enable_compilation_cache() -> None:
-  if _COMPILATION_CACHE.value:
-    from inception_jax import compile_cache
-    compile_cache.enable_persistent_cache()
-
-
 def main(argv):
   del argv
   if _COORDINATOR.value or _MULTIHOST.value:
     start_distributed()
-  enable_compilation_cache()
+  cli.enable_compilation_cache()
   workdir = require_workdir()
   from inception_jax import train  # after flag parsing: keeps --help fast
   start = time.perf_counter()
-  try:
+  with cli.training_errors():
     _command_line_durations_win(_CONFIG.value, sys.argv)
     results = train.train_and_evaluate(_CONFIG.value, workdir)
-  except train.Preempted as e:
-    print(str(e), file=sys.stderr, flush=True)
-    sys.exit(EXIT_PREEMPTED)
-  except FloatingPointError as e:  # the run diverged: not bad input, and a wrapper may want to tell
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(EXIT_NONFINITE)
-  except (ValueError, OSError) as e:
-    # A value the code rejects, or a path the system refuses (below a file, not writable): the message
-    # names it, and a traceback would add nothing the user can act on.
-    cli.fail(e)
   if results:
     print(f'final test accuracy over all {int(results["eval/count"]):,} examples: '
           f'top-1 {results["eval/top1"]:.2%}, top-5 {results["eval/top5"]:.2%}'
           + (f' (EMA weights: top-1 {results["eval_ema/top1"]:.2%})' if 'eval_ema/top1' in results else ''),
           flush=True)
-  print(f'wall time {_minutes(time.perf_counter() - start)} ({machine_speed()})', flush=True)
+  print(f'wall time {_minutes(time.perf_counter() - start)} ({cli.machine_speed()})', flush=True)
 
 
 def _minutes(seconds: float) -> str:
   return f'{int(seconds // 60)}m{int(seconds % 60):02d}s'
-
-
-def machine_speed() -> str:
-  """What the devices can compute, to read a wall time by: on the CPU a 2048² float32 matrix product
-  measured now (a shared or throttled machine shows here), elsewhere the data sheet's peak."""
-  from inception_jax import hardware
-  flops, where = hardware.peak_flops('float32')
-  if where == 'measured matrix product':
-    return f'2048² float32 matrix product on this machine: {flops / 1e9:,.0f} GFLOP/s'
-  return f'{flops / 1e12:,.0f} TFLOP/s float32 peak, {where}'
 
 
 if __name__ == '__main__':

@@ -178,7 +178,7 @@ def main(argv):
       raise ValueError(f'--batch and --steps must be positive, got {batch} and {_STEPS.value}')
     if workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
       raise ValueError(f'workdir {workdir!r} exists and is not a directory')
-    imagenet.enable_compilation_cache()
+    cli.enable_compilation_cache()
     with tempfile.TemporaryDirectory() as scratch:
       records = run(config, counts, _MODE.value, batch, _STEPS.value, _WARMUP.value, _PROFILE.value, scratch)
   except ValueError as e:

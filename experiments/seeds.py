@@ -6,7 +6,7 @@
 Takes every flag of `experiments.imagenet` (presets, --config.KEY overrides) and `--seeds`: a count N
 (seeds 0..N-1) or a list. Seed s trains in DIR/seed_s/; the command resumes: finished seeds are read back,
 an interrupted one continues from its checkpoint. Prints a table (median, mean ± sd, min, max, spread, and
-every seed's value) with the machine's measured speed beside the wall times (imagenet.machine_speed) and,
+every seed's value) with the machine's measured speed beside the wall times (cli.machine_speed) and,
 last, one JSON line; writes both to DIR/seeds.md and DIR/seeds.json.
 """
 
@@ -27,29 +27,23 @@ _SEEDS = flags.DEFINE_string('seeds', '3', 'a count N (seeds 0..N-1) or a comma-
 
 def main(argv):
   del argv
-  imagenet.enable_compilation_cache()
-  from inception_jax import seeds
+  cli.enable_compilation_cache()
+  from inception_jax import study
   try:
-    chosen = seeds.parse_seeds(_SEEDS.value)
+    chosen = study.parse_seeds(_SEEDS.value)
   except ValueError as e:
     cli.fail(e)
-  from inception_jax import train  # after flag parsing and the check above: TensorFlow loads with it
   config, workdir = imagenet._CONFIG.value, imagenet.require_workdir()
-  try:
+  with cli.training_errors():  # TensorFlow loads with training: after the checks above
     imagenet._command_line_durations_win(config, sys.argv)
-    results = seeds.run(config, workdir, chosen, train.train_and_evaluate)
-  except train.Preempted as e:
-    print(str(e), file=sys.stderr, flush=True)
-    sys.exit(imagenet.EXIT_PREEMPTED)
-  except FloatingPointError as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(imagenet.EXIT_NONFINITE)
-  except (ValueError, OSError) as e:
-    cli.fail(e)
-  summary = seeds.summarize(results)
-  text = seeds.table(summary, chosen)
+    # One unnamed condition: seed s trains in DIR/seed_s/.
+    one = study.Study(name='seeds', question='', conditions=(study.Condition('', config),),
+                      seeds=tuple(chosen))
+    results = [study.run(one, workdir)[('', s)] for s in chosen]
+  summary = study.summarize(results)
+  text = study.table(summary, chosen)
   # wall_s is read beside what the machine computes (a shared or throttled one shows here).
-  machine = imagenet.machine_speed()
+  machine = cli.machine_speed()
   text += f'\n\nwall_s measured with: {machine}'
   record = {'config': config.get('model'), 'seeds': chosen, 'summary': summary, 'machine': machine}
   with open(os.path.join(workdir, 'seeds.md'), 'w') as f:

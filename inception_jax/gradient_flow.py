@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from inception_jax import losses
+from inception_jax import losses, train
 from inception_jax.models import blocks as blocks_lib
 
 PyTree = Any
@@ -79,78 +79,123 @@ def _paired(*trees: PyTree) -> list[tuple[tuple, tuple]]:
 
 def make_probe(model: nn.Module, block_names: list[str], *, smoothing: float, aux_weight: float
                ) -> Callable:
-  """`probe(params, batch_stats, batch, rng) -> {'loss': (H,), 'sq': (H+1, B), 'dot': (H+1, B)}`.
+  """`probe(params, batch_stats, batch, rng) -> {'loss': (H,), 'gram': (H+1, H+1, B), 'param_sq': (B,),
+  'param_count': (B,)}`.
 
-  Rows are the heads then the total; 'sq' holds squared gradient norms per block, 'dot' the dot product of
-  each row's gradient with the main head's, per block. Everything reduces on the device.
+  Rows and columns of 'gram' are the heads then the total: per block, the dot product of every pair of
+  gradients (the diagonal: squared norms), from which norms and cosines follow. 'param_sq' is each block's
+  squared parameter norm, 'param_count' its number of parameters (to compare blocks by ‖g‖/‖w‖ and by
+  the gradient's RMS per parameter). Everything reduces on the device.
   """
 
   def probe(params, batch_stats, batch, rng):
     values, per_head, total = head_gradients(model, params, batch_stats, batch['image'], batch['label'], rng,
                                              smoothing=smoothing, aux_weight=aux_weight)
     rows = per_head + [total]
-    sq = [_block_reduce(_paired(g), block_names, lambda a: jnp.sum(jnp.square(a.astype(jnp.float32))))
-          for g in rows]
-    dot = [_block_reduce(_paired(per_head[0], g), block_names,
-                         lambda a, b: jnp.sum(a.astype(jnp.float32) * b.astype(jnp.float32))) for g in rows]
-    return {'loss': values, 'sq': jnp.stack(sq), 'dot': jnp.stack(dot)}
+    count = len(rows)
+    dot = lambda a, b: jnp.sum(a.astype(jnp.float32) * b.astype(jnp.float32))  # noqa: E731
+    gram = [[None] * count for _ in range(count)]
+    for i in range(count):
+      for j in range(i, count):
+        gram[i][j] = gram[j][i] = _block_reduce(_paired(rows[i], rows[j]), block_names, dot)
+    param_sq = _block_reduce(_paired(params), block_names, lambda a: dot(a, a))
+    param_count = _block_reduce(_paired(params), block_names, lambda a: jnp.asarray(a.size, jnp.float32))
+    return {'loss': values, 'gram': jnp.stack([jnp.stack(r) for r in gram]), 'param_sq': param_sq,
+            'param_count': param_count}
 
   return probe
 
 
 def records(step: int, measured: dict[str, np.ndarray], heads: list[str],
             block_names: list[str]) -> list[dict[str, Any]]:
-  """One record per (head, block): step, head ('main', 'aux1', ..., 'total'), block, grad_norm,
-  cos_to_main (None where either gradient is zero), loss (the head's loss; None for 'total')."""
-  sq, dot = np.asarray(measured['sq'], np.float64), np.asarray(measured['dot'], np.float64)
-  norms = np.sqrt(np.maximum(sq, 0.0))
+  """One record per (head, block).
+
+  Fields: step; head ('main', 'aux1', ..., 'total'); block; grad_norm; cos, the cosine of this head's
+  gradient to every head's and the total's in the block ({head: value}, None where either gradient is
+  zero); cos_to_main (cos['main']); loss (the head's own loss; None for 'total'); param_norm and
+  param_count of the block.
+  """
+  gram = np.asarray(measured['gram'], np.float64)
+  norms = np.sqrt(np.maximum(np.diagonal(gram, axis1=0, axis2=1).T, 0.0))  # (rows, B)
+  rows = heads + ['total']
+  param_norm = np.sqrt(np.maximum(np.asarray(measured['param_sq'], np.float64), 0.0))
   out = []
-  for h, head in enumerate(heads + ['total']):
+  for h, head in enumerate(rows):
     for b, block in enumerate(block_names):
-      denominator = norms[0, b] * norms[h, b]
-      cos = float(np.clip(dot[h, b] / denominator, -1.0, 1.0)) if denominator > 0 else None
+      cos = {}
+      for o, other in enumerate(rows):
+        denominator = norms[h, b] * norms[o, b]
+        cos[other] = float(np.clip(gram[h, o, b] / denominator, -1.0, 1.0)) if denominator > 0 else None
       loss = float(measured['loss'][h]) if h < len(heads) else None
-      out.append({'step': step, 'head': head, 'block': block, 'grad_norm': float(norms[h, b]),
-                  'cos_to_main': cos, 'loss': loss})
+      out.append({'step': step, 'head': head, 'block': block, 'grad_norm': float(norms[h, b]), 'cos': cos,
+                  'cos_to_main': cos['main'], 'loss': loss, 'param_norm': float(param_norm[b]),
+                  'param_count': int(measured['param_count'][b])})
   return out
+
+
+BLOCKS_FILE = 'blocks.json'
+
+
+def describe_blocks(structure: blocks_lib.BlockStructure, recorded: list[str]) -> dict[str, Any]:
+  """The recorded blocks, the trunk's among them (input to output; the classifier last), and per
+  auxiliary head its module, the block it reads and the trunk blocks its loss reaches."""
+  return {'blocks': list(recorded), 'trunk': [b for b in structure.trunk if b in recorded],
+          'aux_heads': {head: {'module': module, 'branch': structure.aux_branch[module],
+                               'upstream': [b for b in structure.upstream_of(module) if b in recorded]}
+                        for head, module in aux_heads(structure).items()}}
+
+
+def aux_heads(structure: blocks_lib.BlockStructure) -> dict[str, str]:
+  """The recorded name of each auxiliary head ('aux1', 'aux2', ...: the order of the model's aux_logits,
+  which is forward order) -> the module of the model that computes it (GoogLeNet's 'aux1', Inception-v3's
+  'AuxLogits')."""
+  return {head: module for head, module in zip(head_names(len(structure.aux_branch))[1:], structure.aux_branch)}
 
 
 @dataclasses.dataclass
 class GradientFlow:
   """Measures every `every` steps of a training run and appends to `workdir/gradient_flow.jsonl`.
 
-  `train.train_and_evaluate(config, workdir, make_probe=lambda model: GradientFlow(model, ...))` calls it
-  with the state and the global batch before each training step (step = the number of updates done).
+  `train.train_and_evaluate(config, workdir, make_probe=lambda model, spec: GradientFlow(model, spec, ...))`
+  calls it with the state and the global batch before each training step (step = the number of updates
+  done); uint8 batches are normalised by `spec` inside the measurement's program, as the train step does.
+  With `time_overhead` the first measurement is timed against a plain gradient step (`overhead`).
   """
   model: nn.Module
-  image_size: int
+  spec: Any   # data.ImageSpec: the input size and the normalisation
   every: int
   workdir: str
   smoothing: float
   aux_weight: float
   seed: int = 0
+  time_overhead: bool = True
 
   def __post_init__(self):
-    structure = blocks_lib.block_structure(self.model, self.image_size)
+    size = self.spec.size
+    structure = blocks_lib.block_structure(self.model, size)
     self.structure = structure
-    x = jax.ShapeDtypeStruct((1, self.image_size, self.image_size, 3), jnp.float32)
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
     rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(0)}
     params = jax.eval_shape(lambda x: self.model.init(rngs, x, train=True), x)['params']
     self.blocks = [b for b in structure.order if b in params]  # e.g. not a top-level Dropout
-    num_aux = len(structure.aux_branch)
-    self.heads = head_names(num_aux)
-    self.probe = jax.jit(make_probe(self.model, self.blocks, smoothing=self.smoothing,
-                                    aux_weight=self.aux_weight))
+    self.heads = head_names(len(structure.aux_branch))
+    measure = make_probe(self.model, self.blocks, smoothing=self.smoothing, aux_weight=self.aux_weight)
+    self.probe = jax.jit(lambda params, batch_stats, batch, rng: measure(
+        params, batch_stats, train.model_batch(batch, self.spec), rng))
     self.path = os.path.join(self.workdir, 'gradient_flow.jsonl')
     self.overhead: dict[str, float] | None = None
     self._rng = jax.random.key(self.seed)
+    if jax.process_index() == 0:  # what the records' block and head names are, for readers of the records
+      os.makedirs(self.workdir, exist_ok=True)
+      with open(os.path.join(self.workdir, BLOCKS_FILE), 'w') as f:
+        json.dump(describe_blocks(structure, self.blocks), f, indent=1)
 
   def __call__(self, step: int, state: Any, batch: dict[str, jax.Array]) -> None:
     if step % self.every:
       return
     rng = jax.random.fold_in(self._rng, step)
     measured = jax.device_get(self.probe(state.params, state.batch_stats, batch, rng))
-    if self.overhead is None:  # compiled now: time it once against a plain gradient step
+    if self.overhead is None and self.time_overhead:  # compiled now: time it once against a plain step
       self.overhead = self._time_against_plain_step(state, batch, rng)
     if jax.process_index() == 0:
       with open(self.path, 'a') as f:
@@ -161,8 +206,10 @@ class GradientFlow:
                                repeats: int = 3) -> dict[str, float]:
     """Median seconds of one measurement and of the training step's forward + backward pass."""
 
+    images = train.model_batch(batch, self.spec)['image']
+
     def total_loss(params):
-      out, _ = self.model.apply({'params': params, 'batch_stats': state.batch_stats}, batch['image'],
+      out, _ = self.model.apply({'params': params, 'batch_stats': state.batch_stats}, images,
                                 train=True, rngs={'dropout': rng}, mutable=['batch_stats'])
       return losses.total_loss(out.logits, out.aux_logits, batch['label'], smoothing=self.smoothing,
                                aux_weight=self.aux_weight)[0]
@@ -184,8 +231,15 @@ class GradientFlow:
 
 
 def read_records(path: str) -> list[dict[str, Any]]:
+  """The records of `path`, the last of each (step, head, block): a resumed run measures again the steps
+  after its last checkpoint."""
+  latest = {}
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      if line.strip():
+        r = json.loads(line)
+        latest[(r['step'], r['head'], r['block'])] = r
+  return sorted(latest.values(), key=lambda r: r['step'])
 
 
 # --- summaries ----------------------------------------------------------------------------------------------
@@ -222,14 +276,15 @@ def summary(records_: list[dict], structure: blocks_lib.BlockStructure, aux_weig
     text.append(f'In the stem ({stem}) the auxiliary heads carry {shares[0]:.1%} of the gradient norm at step '
                 f'{first} and {shares[1]:.1%} at step {last} (share = ‖w·Σ g_aux‖ / (‖g_main‖ + ‖w·Σ g_aux‖), '
                 f'w = {aux_weight}).')
-    for head, branch in structure.aux_branch.items():
-      below = [b for b in structure.upstream_of(head) if b in recorded]
+    for head, module in aux_heads(structure).items():
+      below = [b for b in structure.upstream_of(module) if b in recorded]
       cos = [np.mean([r['cos_to_main'] for r in records_ if r['step'] == s and r['head'] == head
                       and r['block'] in below and r['cos_to_main'] is not None] or [np.nan])
              for s in (first, last)]
-      text.append(f'{head} (after {branch}) points at cosine {cos[0]:.2f} to the main head\'s gradient at '
-                  f'step {first} and {cos[1]:.2f} at step {last}, averaged over the {len(below)} blocks '
-                  'below it.')
+      name = head if head == module else f'{head} ({module})'
+      text.append(f'{name}, after {structure.aux_branch[module]}, points at cosine {cos[0]:.2f} to the main '
+                  f'head\'s gradient at step {first} and {cos[1]:.2f} at step {last}, averaged over the '
+                  f'{len(below)} blocks below it.')
   else:
     text.append('The model has no auxiliary head; main-head gradients only.')
   ratios = [norm[(s, 'main', stem)] / norm[(s, 'main', top)] if norm[(s, 'main', top)] else np.nan

@@ -378,8 +378,6 @@ class Steps:
                               out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
     self.eval_step = jax.jit(make_eval_step(model, spec=spec),
                              in_shardings=(self.replicated,) * 2 + (self.sharded,), out_shardings=self.replicated)
-    # What the probes of research tools see: the batch as the model takes it.
-    self.model_batch = jax.jit(functools.partial(model_batch, spec=spec))
     self.init = jax.jit(functools.partial(init_state, model, tx, image_size=config.image_size,
                                           ema=bool(config.ema_decay)),
                         out_shardings=self.replicated)
@@ -481,12 +479,14 @@ def check_free_space(workdir: str, state: TrainState) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       make_probe: Callable[[nn.Module], Callable[[int, TrainState, dict], None]] | None = None
+                       make_probe: Callable[[nn.Module, data.ImageSpec],
+                                            Callable[[int, TrainState, dict], None]] | None = None
                        ) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming from its newest checkpoint) and returns the final eval metrics.
 
-  `make_probe(model)`, if given, returns `probe(step, state, batch)`, which sees the state and the global
-  batch before every training step (`step` updates done); the gradient-flow study measures there.
+  `make_probe(model, spec)`, if given, returns `probe(step, state, batch)`, which sees the state and the
+  global batch (as the input pipeline gives it; `spec` normalises it) before every training step (`step`
+  updates done); the gradient-flow study measures there.
   `config` itself is left as it was (what the run resolved, e.g. the image size, is in its config.json).
 
   With `config.dataset='synthetic'` every step gets one fixed random batch made on the devices: the loop
@@ -512,6 +512,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     source = data.create_source(config.dataset, config.data_dir or None,
                                 holdout_fraction=config.holdout_fraction,
                                 skip_corrupt_images=config.skip_corrupt_images)
+    for split in ('train', 'eval'):
+      if config.get(f'{split}_examples'):
+        source = data.subset(source, split, config[f'{split}_examples'])
     num_classes = config.num_classes or source.num_classes
     data.check_num_classes(source, num_classes)
     train_size = source.split_sizes['train']
@@ -529,7 +532,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   checkpoint_every = steps('checkpoint_every', config, steps_per_epoch, default=total_steps)
 
   model = build_model(config, num_classes)
-  probe = make_probe(model) if make_probe else None
+  probe = make_probe(model, spec) if make_probe else None
   tx, schedule = build_optimizer(config, total_steps, steps_per_epoch, config.batch_size)
   steps_ = Steps(model, tx, schedule, config, spec=spec)
   rng = jax.random.key(config.seed)
@@ -550,7 +553,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if synthetic:
     train_iter = data.synthetic_batches(spec, config.batch_size, num_classes, seed=config.seed,
                                         sharding=steps_.sharded)
-    eval_data = None
+    eval_data = train_eval_data = None
   else:
     augment = data.TrainAugment(area_range=tuple(config.augment.area_range),
                                 aspect_ratio_range=tuple(config.augment.aspect_ratio_range),
@@ -560,6 +563,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         data.train_batches(source, spec, local_batch, seed=config.seed, start_step=start, augment=augment),
         steps_.global_batch)
     eval_data = data.eval_batches(source, spec, eval_local_batch)
+    train_eval_data = (data.eval_batches(source, spec, eval_local_batch, split='train')
+                       if config.get('eval_train') else None)
 
   def run_eval(step):
     if eval_data is None:
@@ -572,6 +577,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     for prefix, params, batch_stats in weights:
       m = evaluate(steps_, params, batch_stats, eval_data)
       results.update({f'{prefix}/{k}': v for k, v in m.items()})
+    if train_eval_data is not None:  # the raw weights on the training examples: the train-test gap
+      m = evaluate(steps_, state.params, state.batch_stats, train_eval_data)
+      results.update({f'eval_train/{k}': v for k, v in m.items()})
     reporter.scalars(step, results)
     print(f'step {step}: ' + '  '.join(f'{k} {v:.4f}' for k, v in results.items()), flush=True)
     return results
@@ -588,7 +596,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       batch = next(train_iter)
       input_wait += time.perf_counter() - waiting
       if probe is not None:
-        probe(step - 1, state, steps_.model_batch(batch))
+        probe(step - 1, state, batch)
       state, metrics = steps_.train_step(state, batch, step_rng)
       window = add_to_window(window, metrics)
       logs, saves = step % log_every == 0 or step == total_steps, step % checkpoint_every == 0

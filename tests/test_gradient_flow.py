@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import re
 
 import flax.linen as nn
 import jax
@@ -20,22 +21,27 @@ AUX_WEIGHT = 0.3
 
 
 class TinyAux(nn.Module):
-  """stem → block1 → (aux1) → block2 → fc: one auxiliary head branching off after block1."""
+  """stem → block1 → (side head) → block2 → (second side head) → fc. The side heads are modules named
+  `aux_names` (GoogLeNet's 'aux1', 'aux2'; Inception-v3's single one is 'AuxLogits')."""
   num_classes: int = 3
+  aux_names: tuple[str, ...] = ('aux1',)
   param_dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv = functools.partial(layers.ConvBN, bn_momentum=0.9)
+    head = functools.partial(layers.AuxHead, self.num_classes, pool_window=2, pool_stride=2, proj_features=4)
+    heads = train or self.is_initializing()
+    aux = []
     x = conv(4, 3, name='stem')(x, train)
     x = conv(6, 3, strides=2, name='block1')(x, train)
-    aux = ()
-    if train or self.is_initializing():
-      aux = (layers.AuxHead(self.num_classes, pool_window=2, pool_stride=2, proj_features=4,
-                            name='aux1')(x, train),)
+    if heads:
+      aux.append(head(name=self.aux_names[0])(x, train))
     x = conv(8, 3, strides=2, name='block2')(x, train)
+    if heads and len(self.aux_names) > 1:
+      aux.append(head(name=self.aux_names[1])(x, train))
     logits = layers.classifier(self, self.num_classes, name='fc')(layers.global_avg_pool(x))
-    return ModelOutput(logits, aux if train else ())
+    return ModelOutput(logits, tuple(aux) if train else ())
 
 
 @pytest.fixture(scope='module')
@@ -86,6 +92,70 @@ def test_total_gradient_is_main_plus_weighted_aux(setup):
   for t, g in zip(jax.tree.leaves(total), jax.tree.leaves(jax.grad(loss)(variables['params']))):
     np.testing.assert_allclose(t, g, rtol=1e-5, atol=1e-7)
   assert values.shape == (2,)
+
+
+def test_each_heads_gradient_is_jax_grad_of_that_heads_loss_alone():
+  """The probe's per-head gradients (one forward pass, one backward pass per head) against each head's
+  loss differentiated on its own, from a forward pass of its own."""
+  from inception_jax import losses
+  model = TinyAux(aux_names=('aux1', 'aux2'))
+  x = jax.random.normal(jax.random.key(0), (4, 12, 12, 3))
+  labels = jnp.array([0, 1, 2, 1])
+  variables = model.init({'params': jax.random.key(1), 'dropout': jax.random.key(2)}, x, train=True)
+  rng = jax.random.key(3)
+  values, per_head, _ = gradient_flow.head_gradients(model, variables['params'], variables['batch_stats'], x,
+                                                     labels, rng, smoothing=0.1, aux_weight=AUX_WEIGHT)
+  assert len(per_head) == 3
+
+  def head_loss(params, h):
+    out, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x, train=True,
+                         rngs={'dropout': rng}, mutable=['batch_stats'])
+    return losses.label_smoothed_cross_entropy(((out.logits,) + out.aux_logits)[h], labels, 0.1)
+
+  for h in range(3):
+    alone = jax.grad(head_loss)(variables['params'], h)
+    for probe_leaf, grad_leaf in zip(jax.tree.leaves(per_head[h]), jax.tree.leaves(alone)):
+      np.testing.assert_allclose(probe_leaf, grad_leaf, rtol=1e-5, atol=1e-7)
+    assert float(values[h]) == pytest.approx(float(head_loss(variables['params'], h)), rel=1e-6)
+
+
+def test_records_hold_total_equals_main_plus_weighted_aux_in_norms_and_cosines():
+  """g_total (its own backward pass) = g_main + w·(g_aux1 + g_aux2), block by block, as the records state
+  it: ‖g_total‖² and g_total·g_main both follow from the heads' norms and their pairwise cosines."""
+  model = TinyAux(aux_names=('aux1', 'aux2'))
+  x = jax.random.normal(jax.random.key(0), (4, 12, 12, 3))
+  variables = model.init({'params': jax.random.key(1), 'dropout': jax.random.key(2)}, x, train=True)
+  names = list(blocks.block_structure(model, 12).order)
+  probe = jax.jit(gradient_flow.make_probe(model, names, smoothing=0.1, aux_weight=AUX_WEIGHT))
+  measured = jax.device_get(probe(variables['params'], variables['batch_stats'],
+                                  {'image': x, 'label': jnp.array([0, 1, 2, 1])}, jax.random.key(3)))
+  records = gradient_flow.records(0, measured, ['main', 'aux1', 'aux2'], names)
+  weights = {'main': 1.0, 'aux1': AUX_WEIGHT, 'aux2': AUX_WEIGHT}
+  checked = 0
+  for block in names:
+    at = {r['head']: r for r in records if r['block'] == block}
+    norm = {h: at[h]['grad_norm'] for h in at}
+    dot = lambda a, b: norm[a] * norm[b] * (at[a]['cos'][b] or 0.0)  # noqa: E731
+    total_sq = sum(weights[a] * weights[b] * dot(a, b) for a in weights for b in weights)
+    assert norm['total'] ** 2 == pytest.approx(total_sq, rel=1e-4, abs=1e-12), block
+    if norm['main'] > 0:
+      assert dot('total', 'main') == pytest.approx(sum(weights[a] * dot(a, 'main') for a in weights),
+                                                   rel=1e-4, abs=1e-12)
+      checked += 1
+    for a in at:   # the cosine matrix is symmetric, and each gradient's cosine to itself is 1
+      assert at[a]['cos'][a] in (None, pytest.approx(1.0))
+      for b in at:
+        assert at[a]['cos'][b] == at[b]['cos'][a] or at[a]['cos'][b] == pytest.approx(at[b]['cos'][a])
+  assert checked >= 4   # stem, block1, block2, fc: the main head reaches them
+  # Both side heads reach the stem, the second one block2 as well, the first one not.
+  stem = {r['head']: r['grad_norm'] for r in records if r['block'] == 'stem'}
+  assert stem['aux1'] > 0 and stem['aux2'] > 0
+  assert {r['head']: r['grad_norm'] for r in records if r['block'] == 'block2'}['aux1'] == 0.0
+  # The block's weights, for ‖g‖/‖w‖: its parameter norm and count.
+  stem_params = variables['params']['stem']
+  assert records[0]['param_count'] == sum(p.size for p in jax.tree.leaves(stem_params))
+  assert records[0]['param_norm'] == pytest.approx(
+      float(np.sqrt(sum(np.sum(np.square(p)) for p in jax.tree.leaves(stem_params)))), rel=1e-5)
 
 
 def test_records_per_head_and_block(setup):
@@ -139,7 +209,33 @@ def test_plots_and_summary_are_written(tmp_path, setup):
   text = gradient_flow.summary(records, structure, AUX_WEIGHT, {'probe_s': 2.0, 'train_step_s': 1.0,
                                                                 'ratio': 2.0})
   assert f'{share:.1%} of the gradient norm at step 0' in text
-  assert 'aux1 (after block1)' in text and '2.00× a plain training step' in text
+  assert 'aux1, after block1' in text and '2.00× a plain training step' in text
+
+
+@pytest.mark.parametrize('aux_names', [('AuxLogits',), ('aux1', 'aux2')])
+def test_every_number_of_the_summary_is_finite_whatever_the_side_heads_are_called(aux_names):
+  """Inception-v3's side head is the module 'AuxLogits' and is recorded as 'aux1': the summary finds its
+  records under the recorded name (it once looked them up under the module's and printed nan)."""
+  model = TinyAux(aux_names=aux_names)
+  x = jax.random.normal(jax.random.key(0), (4, 12, 12, 3))
+  variables = model.init({'params': jax.random.key(1), 'dropout': jax.random.key(2)}, x, train=True)
+  structure = blocks.block_structure(model, 12)
+  names = list(structure.order)
+  heads = gradient_flow.head_names(len(aux_names))
+  probe = jax.jit(gradient_flow.make_probe(model, names, smoothing=0.1, aux_weight=AUX_WEIGHT))
+  records = []
+  for step in (0, 5):
+    measured = jax.device_get(probe(variables['params'], variables['batch_stats'],
+                                    {'image': x, 'label': jnp.array([0, 1, 2, 1])}, jax.random.key(step)))
+    records += gradient_flow.records(step, measured, heads, names)
+  text = gradient_flow.summary(records, structure, AUX_WEIGHT)
+  numbers = re.findall(r'(?<![\w/])(?:nan|inf|-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)', text)
+  assert numbers and all(np.isfinite(float(n)) for n in numbers), text
+  assert 'nan' not in text
+  first = 'aux1 (AuxLogits), after block1' if aux_names == ('AuxLogits',) else 'aux1, after block1'
+  assert first in text
+  if len(aux_names) > 1:
+    assert 'aux2, after block2' in text
 
 
 @pytest.mark.slow

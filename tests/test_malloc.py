@@ -56,7 +56,7 @@ def test_system_means_the_system_malloc(choice):
 @pytest.mark.slow
 def test_the_benchmark_records_the_malloc_it_ran_on(tmp_path):
   result = run_module('experiments.benchmark', '--model=lenet', '--batch=8', '--size=28', '--steps=1',
-                      '--warmup=0', '--json', '--no_cache', LD_PRELOAD='', INCEPTION_JAX_MALLOC='')
+                      '--warmup=0', '--json', '--nocompilation_cache', LD_PRELOAD='', INCEPTION_JAX_MALLOC='')
   assert result.returncode == 0, result.stderr[-2000:]
   assert '"allocator": "tcmalloc"' in result.stdout.strip().splitlines()[-1]
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from conftest import ROOT, run_module
-from inception_jax import seeds
+from inception_jax import study
 
 
 @pytest.mark.parametrize('value,expected', [('3', [0, 1, 2]), ('1', [0]), ('0,5,7', [0, 5, 7]), ('4,', None),
@@ -15,24 +15,24 @@ from inception_jax import seeds
 def test_seeds_are_a_count_or_a_list(value, expected):
   if expected is None:
     with pytest.raises(ValueError, match='seeds must be a count'):
-      seeds.parse_seeds(value)
+      study.parse_seeds(value)
   else:
-    assert seeds.parse_seeds(value) == expected
+    assert study.parse_seeds(value) == expected
 
 
 def test_summary_gives_median_spread_mean_and_sample_sd():
   results = [{'seed': 0, 'eval/top1': 0.80, 'wall_s': 10.0, 'note': 'x'},
              {'seed': 1, 'eval/top1': 0.86, 'wall_s': 14.0},
              {'seed': 2, 'eval/top1': 0.83, 'wall_s': 12.0}]
-  summary = seeds.summarize(results)
+  summary = study.summarize(results)
   assert set(summary) == {'eval/top1', 'wall_s'}   # numbers every run has; not the seed
   top1 = summary['eval/top1']
   assert top1['median'] == pytest.approx(0.83) and top1['mean'] == pytest.approx(0.83)
   assert top1['sd'] == pytest.approx(0.03)          # sqrt((0.03² + 0.03² + 0) / 2)
   assert (top1['min'], top1['max']) == (0.80, 0.86) and top1['spread'] == pytest.approx(0.06)
   assert top1['values'] == [0.80, 0.86, 0.83]
-  assert seeds.summarize(results[:1])['eval/top1']['sd'] == 0.0
-  row = seeds.table(summary, [0, 1, 2]).splitlines()[2]
+  assert study.summarize(results[:1])['eval/top1']['sd'] == 0.0
+  row = study.table(summary, [0, 1, 2]).splitlines()[2]
   assert row.startswith('| eval/top1 (%) | 83.00 | 83.00 ± 3.00 | 80.00 | 86.00 | 6.00 | 80.00 / 86.00 / 83.00 |')
 
 

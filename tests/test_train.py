@@ -170,12 +170,13 @@ def test_the_pipelines_uint8_pixels_are_normalised_inside_the_steps():
   pixels = (np.arange(8 * 8 * 8 * 3) % 256).reshape(8, 8, 8, 3).astype(np.uint8)   # every value
   floats = ((pixels / 255 - np.array(mean)) / np.array(std)).astype(np.float32)
   label = np.arange(8, dtype=np.int32)
-  steps = train.Steps(model, tx, schedule, c, spec=data.ImageSpec(8, mean, std))
+  spec = data.ImageSpec(8, mean, std)
+  steps = train.Steps(model, tx, schedule, c, spec=spec)
   state = steps.init(jax.random.key(0))
   rng = jax.random.key(1)
   as_pixels = steps.global_batch({'image': pixels, 'label': label})
   as_floats = steps.global_batch({'image': floats, 'label': label})
-  np.testing.assert_allclose(steps.model_batch(as_pixels)['image'], floats, atol=1e-6)
+  np.testing.assert_allclose(train.model_batch(as_pixels, spec)['image'], floats, atol=1e-6)
   mask = {'mask': steps.global_batch({'image': pixels, 'mask': np.ones(8, bool)})['mask']}
   evals = [steps.eval_step(state.params, state.batch_stats, {**b, **mask}) for b in (as_pixels, as_floats)]
   np.testing.assert_allclose(evals[0]['loss'], evals[1]['loss'], rtol=1e-5)

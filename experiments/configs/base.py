@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data_dir = ''            # '' : the source's default location
   c.holdout_fraction = 0.1   # ImageFolder without val/: fraction of each class held out
   c.skip_corrupt_images = False  # ImageFolder: leave undecodable files out (one warning) rather than stop
+  c.train_examples = 0       # > 0: train on the first N training examples only (the same N for every seed)
+  c.eval_examples = 0        # > 0: evaluate on the first N evaluation examples only
+  c.eval_train = False       # also evaluate on the training examples (no augmentation): eval_train/*
   c.image_size = 0           # 0: the model's input size
   c.eval_crop_pct = placeholder(float)  # None: the model's (0.875)
   c.augment = ml_collections.ConfigDict({
@@ -94,6 +97,26 @@ def no_argument(preset: str, arg: str | None) -> None:
 
 
 DURATIONS = ('total', 'warmup', 'log_every', 'eval_every', 'checkpoint_every')
+
+
+def override(c: ml_collections.ConfigDict, changes: dict) -> ml_collections.ConfigDict:
+  """`c` with `changes` ({'dotted.key': value}) applied, as `--config.KEY=VALUE` would: a duration set in
+  one unit drops the other (`total_steps` clears `total_epochs`). A key the config lacks is an error,
+  except under `model_overrides`, which takes any switch of the model."""
+  with c.unlocked():
+    for key, value in changes.items():
+      *path, leaf = key.split('.')
+      node = c
+      for part in path:
+        node = node[part]
+      if leaf not in node and path != ['model_overrides']:
+        raise ValueError(f'unknown config key {key!r}')
+      node[leaf] = value
+      for prefix in DURATIONS:
+        for unit, other in (('steps', 'epochs'), ('epochs', 'steps')):
+          if key == f'{prefix}_{unit}' and f'{prefix}_{other}' not in changes:
+            c[f'{prefix}_{other}'] = None
+  return c
 
 
 def short_run(c: ml_collections.ConfigDict, steps: int, dataset: str = 'fashion_mnist',

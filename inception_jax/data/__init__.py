@@ -15,12 +15,12 @@ from inception_jax.data.device import (SYNTHETIC_CLASSES, SYNTHETIC_EPOCH, Image
 _ON_TENSORFLOW = {
     'EvalBatches': 'pipeline', 'eval_batches': 'pipeline', 'train_batches': 'pipeline',
     'TrainAugment': 'preprocess',
-    'Source': 'sources', 'VALID_SOURCES': 'sources', 'create_source': 'sources',
+    'Source': 'sources', 'VALID_SOURCES': 'sources', 'create_source': 'sources', 'subset': 'sources',
 }
 
 __all__ = ['EvalBatches', 'ImageSpec', 'SYNTHETIC_CLASSES', 'SYNTHETIC_EPOCH', 'Source', 'TrainAugment',
            'VALID_SOURCES', 'create_source', 'eval_batches', 'prefetch_to_devices', 'synthetic_batches',
-           'train_batches', 'check_num_classes']
+           'train_batches', 'subset', 'check_num_classes']
 
 
 def import_tensorflow():

@@ -92,25 +92,26 @@ class EvalBatches:
     return self.num_batches
 
 
-def eval_batches(source: Source, spec: ImageSpec, batch_size: int, *, process_index: int | None = None,
-                 process_count: int | None = None) -> EvalBatches:
-  """Central-crop evaluation batches {'image', 'label', 'mask'}; padded examples have mask False."""
+def eval_batches(source: Source, spec: ImageSpec, batch_size: int, *, split: str = 'eval',
+                 process_index: int | None = None, process_count: int | None = None) -> EvalBatches:
+  """Central-crop evaluation batches {'image', 'label', 'mask'} of `split` ('eval', or 'train' for the
+  training images as the evaluation sees them: no augmentation); padded examples have mask False."""
   check_batch_size(batch_size)
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
-  split = source.split('eval', index, count)
+  shard = source.split(split, index, count)
   # Shards differ by at most one example; all processes step together, so size for the largest.
-  num_batches = math.ceil(math.ceil(split.total_examples / count) / batch_size)
-  pad = num_batches * batch_size - split.num_examples
+  num_batches = math.ceil(math.ceil(shard.total_examples / count) / batch_size)
+  pad = num_batches * batch_size - shard.num_examples
 
   def prepare(ex):
-    image = preprocess.eval_image(split.image(ex), spec.size, spec.crop_pct, split.encoded)
+    image = preprocess.eval_image(shard.image(ex), spec.size, spec.crop_pct, shard.encoded)
     return {'image': image, 'label': tf.cast(ex['label'], tf.int32), 'mask': tf.constant(True)}
 
-  ds = split.dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = shard.dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   padding = tf.data.Dataset.from_tensors({
       'image': tf.zeros([spec.size, spec.size, 3], tf.uint8),
       'label': tf.constant(0, tf.int32),
       'mask': tf.constant(False)}).repeat(pad)
   ds = ds.concatenate(padding).batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return EvalBatches(ds.with_options(_options()), num_batches, split.num_examples, split.total_examples)
+  return EvalBatches(ds.with_options(_options()), num_batches, shard.num_examples, shard.total_examples)

@@ -336,6 +336,33 @@ def check_tar(path: str) -> None:
                      '(its size should be the one the download page gives)') from None
 
 
+def subset(source: Source, split: str, examples: int) -> Source:
+  """`source` with `split` cut to its first `examples` examples (a fixed choice: the same for every seed
+  and every run), sharded over processes as the whole split is; the other split is kept.
+
+  A training subset makes a small-budget run see its images several times, so that what a network learns
+  of them beyond what holds on the test set (the train-test gap) shows within the budget; an evaluation
+  subset makes a smoke run's evaluation short.
+  """
+  total = source.split_sizes[split]
+  key = {'train': 'train_examples', 'eval': 'eval_examples'}[split]
+  if isinstance(examples, bool) or not isinstance(examples, int) or not 0 < examples <= total:
+    raise ValueError(f'{key} must be an integer in 1..{total} (the {split} split of {source.name}), or 0 '
+                     f'for all of it; got {examples!r}')
+  if examples == total:
+    return source
+
+  def read(part, index, count):
+    if part != split:
+      return source.read(part, index, count)
+    whole = source.read(split, 0, 1)
+    lo, hi = _shard_range(examples, index, count)
+    return dataclasses.replace(whole, dataset=whole.dataset.take(examples).skip(lo).take(hi - lo),
+                               num_examples=hi - lo, total_examples=examples)
+
+  return dataclasses.replace(source, split_sizes={**source.split_sizes, split: examples}, read=read)
+
+
 def create_source(name: str, data_dir: str | None = None, **options) -> Source:
   """Opens a source by name: 'fashion_mnist', 'imagenet2012' (or 'imagenet'), 'imagefolder:DIR' (or
   'imagefolder' with data_dir), 'tfds:NAME' or a bare TFDS dataset name. ('synthetic' is not a tf.data
