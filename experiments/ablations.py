@@ -5,10 +5,11 @@
     python -m experiments.ablations --table=googlenet_aux --workdir=DIR --rows=v1,googlenet_no_aux
 
 Each row is `base.short_run` of its preset (the row's optimizer, schedule and architecture switches kept;
-`--steps` steps of batch 32 on `--dataset`), trained in `DIR/<row>/`. A finished row (its
-`DIR/<row>/result.json`) is not run again, and an interrupted one resumes from its checkpoint. The table
-(`DIR/table.md`, also printed) gives our top-1/top-5 error and the multiply-adds at the paper's input size
-beside the paper's ImageNet numbers; on a small dataset and budget ours are not comparable to those.
+`--steps` steps of batch 32 on `--dataset`), a condition of a study (`inception_jax.study`) trained once per
+seed (`--seeds`, default one) in `DIR/<row>/seed_<s>/`: a finished run is not run again, an interrupted
+one resumes from its checkpoint. The table (`DIR/table.md`, also printed) gives our top-1/top-5 error (the
+median over the seeds) and the multiply-adds at the paper's input size beside the paper's ImageNet
+numbers; on a small dataset and budget ours are not comparable to those.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ if __name__ == '__main__':  # first, before JAX and TensorFlow load: this may re
   malloc.restart_on_tcmalloc()
 
 import dataclasses
-import importlib
-import json
 import os
+import statistics
 
 from absl import flags
 
-from experiments import cli
+from experiments import cli, configs
+from experiments.configs import base
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,13 +64,10 @@ _ROWS = flags.DEFINE_list('rows', None, 'presets of the table to run (default: a
 _STEPS = flags.DEFINE_integer('steps', 100, 'training steps per row')
 _DATASET = flags.DEFINE_string('dataset', 'fashion_mnist', 'the dataset every row trains on')
 _DATA_DIR = flags.DEFINE_string('data_dir', '', "the dataset's files (default: where it is installed)")
+_SEEDS = flags.DEFINE_string('seeds', '1', 'seeds per row: a count or a list (the table gives the median)')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', None,
                                    "default: the smallest input every row's auxiliary heads take")
 
-
-
-def preset(name: str):
-  return importlib.import_module(f'experiments.configs.{name}').get_config()
 
 
 def g_macs(config) -> float:
@@ -81,50 +79,47 @@ def g_macs(config) -> float:
   return summary.summarize(model, (1, size, size, 3)).macs / 1e9
 
 
-def run_row(row: Row, workdir: str, steps: int, dataset: str, data_dir: str, image_size: int) -> dict:
-  """Trains one row (or reads its finished result)."""
-  from experiments.configs import base
-  from inception_jax import train
-  workdir = os.path.join(workdir, row.preset)
-  result_path = os.path.join(workdir, 'result.json')
-  if os.path.exists(result_path):
-    with open(result_path) as f:
-      result = json.load(f)
-    print(f'--- {row.preset}: finished before, top-1 {result["eval/top1"]:.2%}', flush=True)
-    return result
-  print(f'--- {row.preset}: {row.change}', flush=True)
-  config = base.short_run(preset(row.preset), steps, dataset, image_size)
-  config.data_dir = data_dir
-  result = train.train_and_evaluate(config, workdir)
-  result = {**result, 'g_macs': g_macs(config), 'image_size': config.image_size, 'steps': steps}
-  with open(result_path + '.tmp', 'w') as f:
-    json.dump(result, f)
-  os.replace(result_path + '.tmp', result_path)  # a row counts as finished only once this is whole
-  return result
+def rows_study(name: str, rows: tuple[Row, ...], steps: int, dataset: str, data_dir: str, image_size: int,
+               seeds: tuple[int, ...]):
+  """The table as a study: a condition per row (its preset as `base.short_run`), no claims."""
+  from inception_jax import study
+  conditions = []
+  for row in rows:
+    config = base.short_run(configs.preset(row.preset), steps, dataset, image_size)
+    config.data_dir = data_dir
+    conditions.append(study.Condition(row.preset, config, row.change))
+  return study.Study(name, TABLES[name][0], tuple(conditions), seeds)
 
 
 def _pct(x: float | None) -> str:
   return '–' if x is None else f'{x:g}'
 
 
-def table(name: str, results: dict[str, dict], steps: int, dataset: str) -> str:
+def table(name: str, results: dict[str, list[dict]], macs: dict[str, float], steps: int, dataset: str,
+          image_size: int) -> str:
+  """Our errors (the median over seeds, and the range when there are several) beside the paper's."""
   title, rows = TABLES[name]
-  sizes = sorted({r['image_size'] for r in results.values()})
+  seeds = len(next(iter(results.values())))
+  runs = 'one run each' if seeds == 1 else f'the median over {seeds} seeds [min – max]'
   lines = [
       f'### {title}', '',
-      f'Ours: {steps} steps of batch 32 on {dataset} at {"/".join(map(str, sizes))} px, one run each. '
-      'These small-data numbers are not the paper\'s ImageNet numbers and are not comparable to them; '
-      'only the differences between rows under the same budget say something, and a single short run is '
-      'noisy.', '',
+      f'Ours: {steps} steps of batch 32 on {dataset} at {image_size} px, {runs}. These small-data numbers '
+      'are not the paper\'s ImageNet numbers and are not comparable to them; only the differences between '
+      'rows under the same budget say something, and a short run is noisy.', '',
       '| row | change | top-1 err % | top-5 err % | G mult-adds | paper top-1 err % | paper top-5 err % |',
       '|---|---|---|---|---|---|---|']
+
+  def error(runs_, key):
+    errors = sorted(100 * (1 - r[key]) for r in runs_)
+    median = statistics.median(errors)
+    return f'{median:.1f}' if len(errors) == 1 else f'{median:.1f} [{errors[0]:.1f} – {errors[-1]:.1f}]'
+
   for row in rows:
     if row.preset not in results:
       continue
     r = results[row.preset]
-    lines.append(f'| `{row.preset}` | {row.change} | {100 * (1 - r["eval/top1"]):.1f} | '
-                 f'{100 * (1 - r["eval/top5"]):.1f} | {r["g_macs"]:.2f} | {_pct(row.paper_top1_err)} | '
-                 f'{_pct(row.paper_top5_err)} |')
+    lines.append(f'| `{row.preset}` | {row.change} | {error(r, "eval/top1")} | {error(r, "eval/top5")} | '
+                 f'{macs[row.preset]:.2f} | {_pct(row.paper_top1_err)} | {_pct(row.paper_top5_err)} |')
   return '\n'.join(lines)
 
 
@@ -142,16 +137,21 @@ def main(argv: list[str]) -> None:
     rows = tuple(r for r in rows if r.preset in _ROWS.value)
   if _STEPS.value < 1:
     cli.fail(f'--steps must be positive, got {_STEPS.value}')
-  cli.enable_compilation_cache()
-  from experiments.configs import base
-  # One input size for the whole table: the largest any row's auxiliary heads need.
-  image_size = _IMAGE_SIZE.value or max(base.short_run(preset(r.preset), 1).image_size for r in rows)
+  from inception_jax import study
   try:
-    results = {row.preset: run_row(row, _WORKDIR.value, _STEPS.value, _DATASET.value, _DATA_DIR.value,
-                                   image_size) for row in rows}
-  except (ValueError, FloatingPointError) as e:
+    seeds = tuple(study.parse_seeds(_SEEDS.value))
+  except ValueError as e:
     cli.fail(e)
-  text = table(_TABLE.value, results, _STEPS.value, _DATASET.value)
+  cli.enable_compilation_cache()
+  # One input size for the whole table: the largest any row's auxiliary heads need.
+  image_size = _IMAGE_SIZE.value or max(base.short_run(configs.preset(r.preset), 1).image_size for r in rows)
+  with cli.training_errors():
+    table_study = rows_study(_TABLE.value, rows, _STEPS.value, _DATASET.value, _DATA_DIR.value, image_size,
+                             seeds)
+    finished = study.run(table_study, _WORKDIR.value)
+    results = {c.name: [finished[(c.name, s)] for s in seeds] for c in table_study.conditions}
+    macs = {c.name: g_macs(c.config) for c in table_study.conditions}
+  text = table(_TABLE.value, results, macs, _STEPS.value, _DATASET.value, image_size)
   with open(os.path.join(_WORKDIR.value, 'table.md'), 'w') as f:
     f.write(text + '\n')
   print(text, flush=True)

@@ -5,13 +5,15 @@
 
 Trains the preset (with `--steps`, a short run on the embedded Fashion-MNIST: `base.short_run`; without it,
 the preset as it is) and every `--every` steps records, per head and per block, the norm of the head's
-loss gradient, the same for the total loss, and the cosine to the main head's gradient:
-`DIR/gradient_flow.jsonl` (step, head, block, grad_norm, cos_to_main, loss), a heat map per head
-(`heatmap_main.png`, ...), `depth_profile.png`, and `summary.txt` (also printed).
+loss gradient, the same for the total loss, and the cosines between them: `DIR/gradient_flow.jsonl`
+(step, head, block, grad_norm, cos, cos_to_main, loss, param_norm, param_count), `DIR/blocks.json` (the
+trunk and where each side head branches off), a heat map per head (`heatmap_main.png`, ...),
+`depth_profile.png`, and `summary.txt` (also printed).
 
 `--compare` runs the same config with the auxiliary heads off, on, and with BN-auxiliary where the model
-has that switch, each in `DIR/<variant>/`, and adds `DIR/compare_depth_profile.png` and `DIR/summary.txt`.
-Any `--config.KEY=VALUE` override applies to every run.
+has that switch, each in `DIR/<variant>/seed_<seed>/` (the study runner's layout: a finished run is read
+back), and adds `DIR/compare_depth_profile.png` and `DIR/summary.txt`. Any `--config.KEY=VALUE` override
+applies to every run. Several seeds, and claims tested over them: `experiments.study`.
 """
 
 if __name__ == '__main__':  # first, before JAX and TensorFlow load: this may replace the process
@@ -61,8 +63,22 @@ def variants(config, same_input_size: bool = True) -> dict[str, object]:
   return out
 
 
-def study(config, workdir: str) -> tuple[list[dict], object, str]:
-  """One training run with measurements; returns its records, block structure and summary paragraph."""
+def summarize_run(config, directory: str, overhead: dict | None = None) -> tuple[object, str]:
+  """Plots and the summary paragraph (`summary.txt`, printed) of a run's records; returns both."""
+  from inception_jax import gradient_flow
+  g = gradient_flow.Gradients.read(directory)
+  if g is None:
+    raise ValueError(f'no measurements: --every={_EVERY.value} is larger than the run')
+  gradient_flow.plot(g, directory)
+  text = gradient_flow.summary(g, config.aux_weight, overhead, label=f'{config.model} on {config.dataset}, ')
+  with open(os.path.join(directory, 'summary.txt'), 'w') as f:
+    f.write(text + '\n')
+  print(text, flush=True)
+  return g, text
+
+
+def one_run(config, workdir: str) -> None:
+  """One training run with measurements, timed once against a plain gradient step."""
   from inception_jax import gradient_flow, train
   made = {}
 
@@ -73,45 +89,41 @@ def study(config, workdir: str) -> tuple[list[dict], object, str]:
     return made['flow']
 
   train.train_and_evaluate(config, workdir, make_probe)
-  flow = made['flow']
-  if not os.path.exists(flow.path):
-    raise ValueError(f'no measurements: --every={_EVERY.value} is larger than the run')
-  records = gradient_flow.read_records(flow.path)
-  gradient_flow.plot(records, flow.structure, workdir)
-  text = gradient_flow.summary(records, flow.structure, config.aux_weight, flow.overhead,
-                               label=f'{config.model} on {config.dataset}, ')
+  summarize_run(config, workdir, made['flow'].overhead)
+
+
+def compare(config, workdir: str, same_input_size: bool) -> None:
+  """The side heads off, on (and BN-auxiliary), one run each on the study runner: DIR/<variant>/seed_<s>/."""
+  from inception_jax import gradient_flow, study
+  runs = variants(config, same_input_size)
+  conditions = tuple(study.Condition(name, c) for name, c in runs.items())
+  comparison = study.Study('gradient_flow', '', conditions, seeds=(config.seed,), probe_every=_EVERY.value)
+  study.run(comparison, workdir)
+  measured, texts = {}, []
+  for name, c in runs.items():
+    print(f'--- {name}', flush=True)
+    measured[name], text = summarize_run(c, study.run_dir(workdir, name, config.seed))
+    texts.append(f'{name}: {text}')
+  gradient_flow.plot_comparison(measured, os.path.join(workdir, 'compare_depth_profile.png'))
   with open(os.path.join(workdir, 'summary.txt'), 'w') as f:
-    f.write(text + '\n')
-  print(text, flush=True)
-  return records, flow.structure, text
+    f.write('\n\n'.join(texts) + '\n')
 
 
 def main(argv):
   del argv
   cli.enable_compilation_cache()
-  from inception_jax import gradient_flow
   config, workdir = imagenet._CONFIG.value, imagenet.require_workdir()
-  try:
-    if _EVERY.value < 1:
-      raise ValueError(f'--every must be a positive number of steps, got {_EVERY.value}')
+  if _EVERY.value < 1:
+    cli.fail(f'--every must be a positive number of steps, got {_EVERY.value}')
+  with cli.training_errors():
     if _STEPS.value:
       base.short_run(config, _STEPS.value, _DATASET.value, keep=imagenet.command_line_keys(sys.argv))
     else:
       imagenet._command_line_durations_win(config, sys.argv)
-    if not _COMPARE.value:
-      study(config, workdir)
-      return
-    runs, texts, structure = {}, [], None
-    for name, c in variants(config, same_input_size=bool(_STEPS.value)).items():
-      print(f'--- {name}', flush=True)
-      records, s, text = study(c, os.path.join(workdir, name))
-      runs[name], structure = records, (s if c.aux_logits else structure)
-      texts.append(f'{name}: {text}')
-    gradient_flow.plot_comparison(runs, structure, os.path.join(workdir, 'compare_depth_profile.png'))
-    with open(os.path.join(workdir, 'summary.txt'), 'w') as f:
-      f.write('\n\n'.join(texts) + '\n')
-  except (ValueError, FloatingPointError) as e:
-    cli.fail(e)
+    if _COMPARE.value:
+      compare(config, workdir, same_input_size=bool(_STEPS.value))
+    else:
+      one_run(config, workdir)
 
 
 if __name__ == '__main__':

@@ -14,7 +14,6 @@ if __name__ == '__main__':  # first, before JAX and TensorFlow load: this may re
   malloc.restart_on_tcmalloc()
 
 import os
-import sys
 
 from absl import flags
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from typing import Any, Callable
@@ -26,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from inception_jax import losses, train
+from inception_jax import losses
+from inception_jax import step as step_lib
 from inception_jax.models import blocks as blocks_lib
 
 PyTree = Any
@@ -133,7 +133,7 @@ def records(step: int, measured: dict[str, np.ndarray], heads: list[str],
   return out
 
 
-BLOCKS_FILE = 'blocks.json'
+RECORDS_FILE, BLOCKS_FILE = 'gradient_flow.jsonl', 'blocks.json'
 
 
 def describe_blocks(structure: blocks_lib.BlockStructure, recorded: list[str]) -> dict[str, Any]:
@@ -181,8 +181,8 @@ class GradientFlow:
     self.heads = head_names(len(structure.aux_branch))
     measure = make_probe(self.model, self.blocks, smoothing=self.smoothing, aux_weight=self.aux_weight)
     self.probe = jax.jit(lambda params, batch_stats, batch, rng: measure(
-        params, batch_stats, train.model_batch(batch, self.spec), rng))
-    self.path = os.path.join(self.workdir, 'gradient_flow.jsonl')
+        params, batch_stats, step_lib.model_batch(batch, self.spec), rng))
+    self.path = os.path.join(self.workdir, RECORDS_FILE)
     self.overhead: dict[str, float] | None = None
     self._rng = jax.random.key(self.seed)
     if jax.process_index() == 0:  # what the records' block and head names are, for readers of the records
@@ -206,7 +206,7 @@ class GradientFlow:
                                repeats: int = 3) -> dict[str, float]:
     """Median seconds of one measurement and of the training step's forward + backward pass."""
 
-    images = train.model_batch(batch, self.spec)['image']
+    images = step_lib.model_batch(batch, self.spec)['image']
 
     def total_loss(params):
       out, _ = self.model.apply({'params': params, 'batch_stats': state.batch_stats}, images,
@@ -242,55 +242,142 @@ def read_records(path: str) -> list[dict[str, Any]]:
   return sorted(latest.values(), key=lambda r: r['step'])
 
 
+# --- the records as arrays ----------------------------------------------------------------------------------
+
+
+class Gradients:
+  """A run's records as arrays: rows are the heads then 'total', blocks the recorded blocks.
+
+  Blocks differ in size, and BatchNorm makes a layer's output indifferent to its weights' scale, so blocks
+  are compared by the relative gradient ‖g‖/‖w‖ beside the raw norm. The side heads' share of a block's
+  gradient is ‖w·Σ g_aux‖ / (‖g_main‖ + ‖w·Σ g_aux‖), with w·Σ g_aux = g_total − g_main (its norm follows
+  from the recorded norms and the total's cosine to the main head).
+
+  Attributes:
+    steps: (S,) measured steps; rows; blocks; trunk; aux_heads (as `describe_blocks`).
+    norm: (R, B, S) ‖g‖ per row, block and step; cos: (R, R, B, S) cosines (NaN where a gradient is 0).
+    param_norm: (B, S); param_count: (B,).
+  """
+
+  def __init__(self, steps, rows, blocks, trunk, aux_heads, norm, cos, param_norm, param_count):
+    self.steps, self.rows, self.blocks, self.trunk, self.aux_heads = steps, rows, blocks, trunk, aux_heads
+    self.norm, self.cos, self.param_norm = (np.asarray(a, float) for a in (norm, cos, param_norm))
+    self.param_count = np.asarray(param_count, np.int64)
+
+  @classmethod
+  def from_records(cls, records_: list[dict], blocks: dict[str, Any]) -> 'Gradients':
+    """From `records` and `describe_blocks`'s description."""
+    steps = sorted({r['step'] for r in records_})
+    rows = list(dict.fromkeys(r['head'] for r in records_))
+    names = blocks['blocks']
+    R, B, S = len(rows), len(names), len(steps)
+    row, block, step = ({n: i for i, n in enumerate(x)} for x in (rows, names, steps))
+    norm, cos = np.full((R, B, S), np.nan), np.full((R, R, B, S), np.nan)
+    param_norm, param_count = np.full((B, S), np.nan), np.zeros(B, np.int64)
+    for r in records_:
+      h, b, s = row[r['head']], block[r['block']], step[r['step']]
+      norm[h, b, s] = r['grad_norm']
+      for other, value in r['cos'].items():
+        cos[h, row[other], b, s] = np.nan if value is None else value
+      param_norm[b, s] = r['param_norm']
+      param_count[b] = r['param_count']
+    return cls(steps, rows, names, blocks['trunk'], blocks['aux_heads'], norm, cos, param_norm, param_count)
+
+  @classmethod
+  def read(cls, directory: str) -> 'Gradients | None':
+    """The records a run wrote in `directory` (None when the probe did not run there)."""
+    path = os.path.join(directory, RECORDS_FILE)
+    if not os.path.exists(path):
+      return None
+    with open(os.path.join(directory, BLOCKS_FILE)) as f:
+      blocks = json.load(f)
+    return cls.from_records(read_records(path), blocks)
+
+  def to_json(self) -> dict:
+    """Compact arrays (NaN as null); `from_json` reads them back."""
+    return {'steps': self.steps, 'rows': self.rows, 'blocks': self.blocks, 'trunk': self.trunk,
+            'aux_heads': self.aux_heads, 'grad_norm': _rounded(self.norm), 'cos': _rounded(self.cos),
+            'param_norm': _rounded(self.param_norm), 'param_count': self.param_count.tolist()}
+
+  @classmethod
+  def from_json(cls, d: dict) -> 'Gradients':
+    floats = lambda x: np.array(x, dtype=float)  # noqa: E731  (null -> NaN)
+    return cls(d['steps'], d['rows'], d['blocks'], d['trunk'], d['aux_heads'], floats(d['grad_norm']),
+               floats(d['cos']), floats(d['param_norm']), d['param_count'])
+
+  def index(self, names) -> list[int]:
+    return [self.blocks.index(n) for n in names]
+
+  def relative(self, row: str) -> np.ndarray:
+    """(B, S) ‖g‖/‖w‖ of `row`'s gradient."""
+    with np.errstate(divide='ignore', invalid='ignore'):
+      return self.norm[self.rows.index(row)] / self.param_norm
+
+  def aux_share(self) -> np.ndarray:
+    """(B, S) the side heads' share of each block's gradient (NaN where no gradient reaches it)."""
+    main, total = self.rows.index('main'), self.rows.index('total')
+    m, t = self.norm[main], self.norm[total]
+    cos = np.nan_to_num(self.cos[total, main], nan=0.0)
+    aux = np.sqrt(np.maximum(t ** 2 + m ** 2 - 2 * t * m * cos, 0.0))
+    with np.errstate(divide='ignore', invalid='ignore'):
+      return np.where(m + aux > 0, aux / (m + aux), np.nan)
+
+  def cos_to_main(self, head: str) -> np.ndarray:
+    """(B, S) the cosine of `head`'s gradient to the main head's."""
+    return self.cos[self.rows.index(head), self.rows.index('main')]
+
+  @property
+  def lower(self) -> list[str]:
+    """The trunk blocks below the first side head's branch point (its input included): where GoogLeNet
+    expected the side heads' gradient to matter."""
+    first = next(iter(self.aux_heads.values()), None)
+    return first['upstream'] if first else []
+
+  @property
+  def stem_and_top(self) -> tuple[str, str]:
+    """The first trunk block and the last one below the classifier."""
+    return self.trunk[0], self.trunk[-2] if len(self.trunk) > 1 else self.trunk[-1]
+
+  def window(self, start: float, stop: float) -> np.ndarray:
+    """Boolean (S,): the measured steps in [start, stop)."""
+    steps = np.asarray(self.steps, float)
+    return (steps >= start) & (steps < stop)
+
+
+def _rounded(a: np.ndarray):
+  return [_rounded(x) for x in a] if a.ndim else (None if not np.isfinite(a) else float(f'{a:.6g}'))
+
+
 # --- summaries ----------------------------------------------------------------------------------------------
 
 
-def aux_share(records_: list[dict], step: int, block: str, aux_weight: float) -> float | None:
-  """Share of the auxiliary heads in the gradient of `block` at `step`: ‖w·Σ g_aux‖ / (‖g_main‖ + ‖w·Σ g_aux‖).
-
-  w·Σ g_aux = g_total − g_main, whose norm follows from the recorded norms and the total's cosine to the
-  main head. None when the model has no auxiliary head.
-  """
-  at = {r['head']: r for r in records_ if r['step'] == step and r['block'] == block}
-  if len(at) <= 2:  # main and total only
-    return None
-  main, total = at['main']['grad_norm'], at['total']['grad_norm']
-  cos = at['total']['cos_to_main'] or 0.0
-  aux = math.sqrt(max(total ** 2 + main ** 2 - 2 * total * main * cos, 0.0))
-  return aux / (main + aux) if main + aux > 0 else None
-
-
-def summary(records_: list[dict], structure: blocks_lib.BlockStructure, aux_weight: float,
-            overhead: dict[str, float] | None = None, label: str = '') -> str:
-  """One paragraph: the aux heads' share of the stem's gradient at the first and last measurement, their
+def summary(g: Gradients, aux_weight: float, overhead: dict[str, float] | None = None, label: str = '') -> str:
+  """One paragraph: the side heads' share of the stem's gradient at the first and last measurement, their
   direction relative to the main head's, and how the main head's gradient changes with depth."""
-  steps = sorted({r['step'] for r in records_})
-  first, last = steps[0], steps[-1]
-  recorded = {r['block'] for r in records_}
-  trunk = [b for b in structure.trunk if b in recorded]
-  stem, top = trunk[0], trunk[-1]
-  norm = {(r['step'], r['head'], r['block']): r['grad_norm'] for r in records_}
-  text = [f'{label}measured at {len(steps)} steps ({first} to {last}).']
-  if structure.aux_branch:
-    shares = [aux_share(records_, s, stem, aux_weight) for s in (first, last)]
+  first, last = g.steps[0], g.steps[-1]
+  ends = [0, len(g.steps) - 1]
+  stem, top = g.stem_and_top
+  s, t = g.index((stem, top))
+  text = [f'{label}measured at {len(g.steps)} steps ({first} to {last}).']
+  if g.aux_heads:
+    shares = g.aux_share()[s, ends]
     text.append(f'In the stem ({stem}) the auxiliary heads carry {shares[0]:.1%} of the gradient norm at step '
                 f'{first} and {shares[1]:.1%} at step {last} (share = ‖w·Σ g_aux‖ / (‖g_main‖ + ‖w·Σ g_aux‖), '
                 f'w = {aux_weight}).')
-    for head, module in aux_heads(structure).items():
-      below = [b for b in structure.upstream_of(module) if b in recorded]
-      cos = [np.mean([r['cos_to_main'] for r in records_ if r['step'] == s and r['head'] == head
-                      and r['block'] in below and r['cos_to_main'] is not None] or [np.nan])
-             for s in (first, last)]
-      name = head if head == module else f'{head} ({module})'
-      text.append(f'{name}, after {structure.aux_branch[module]}, points at cosine {cos[0]:.2f} to the main '
-                  f'head\'s gradient at step {first} and {cos[1]:.2f} at step {last}, averaged over the '
-                  f'{len(below)} blocks below it.')
+    for head, info in g.aux_heads.items():
+      cos = np.nanmean(g.cos_to_main(head)[g.index(info['upstream'])][:, ends], axis=0)
+      name = head if head == info['module'] else f'{head} ({info["module"]})'
+      text.append(f'{name}, after {info["branch"]}, points at cosine {cos[0]:.2f} to the main head\'s '
+                  f'gradient at step {first} and {cos[1]:.2f} at step {last}, averaged over the '
+                  f'{len(info["upstream"])} blocks below it.')
   else:
     text.append('The model has no auxiliary head; main-head gradients only.')
-  ratios = [norm[(s, 'main', stem)] / norm[(s, 'main', top)] if norm[(s, 'main', top)] else np.nan
-            for s in (first, last)]
-  text.append(f'The main head\'s gradient norm in the stem is {ratios[0]:.3g}× that of the last block '
-              f'({top}) at step {first} and {ratios[1]:.3g}× at step {last}.')
+  relative, raw = g.relative('main'), g.norm[g.rows.index('main')]
+  with np.errstate(divide='ignore', invalid='ignore'):
+    ratios, raw_ratios = relative[s, ends] / relative[t, ends], raw[s, ends] / raw[t, ends]
+  text.append(f'The main head\'s relative gradient ‖g‖/‖w‖ in the stem is {ratios[0]:.3g}× that of the last '
+              f'block below the classifier ({top}) at step {first} and {ratios[1]:.3g}× at step {last} '
+              f'(raw norms: {raw_ratios[0]:.3g}× and {raw_ratios[1]:.3g}×).')
   if overhead:
     text.append(f'One measurement takes {overhead["probe_s"]:.3g} s, {overhead["ratio"]:.2f}× a plain '
                 f'training step ({overhead["train_step_s"]:.3g} s).')
@@ -300,28 +387,21 @@ def summary(records_: list[dict], structure: blocks_lib.BlockStructure, aux_weig
 # --- plots --------------------------------------------------------------------------------------------------
 
 
-def plot(records_: list[dict], structure: blocks_lib.BlockStructure, workdir: str) -> list[str]:
+def plot(g: Gradients, workdir: str) -> list[str]:
   """A heat map (block × step) per head and a depth profile of the first and last measurement."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  steps = sorted({r['step'] for r in records_})
-  heads = list(dict.fromkeys(r['head'] for r in records_))
-  recorded = {r['block'] for r in records_}
-  order = [b for b in structure.order if b in recorded]
-  trunk = [b for b in structure.trunk if b in recorded]
-  norm = {(r['step'], r['head'], r['block']): r['grad_norm'] for r in records_}
   written = []
-  for head in heads:
-    grid = np.array([[norm.get((s, head, b), np.nan) for s in steps] for b in order])
-    with np.errstate(divide='ignore'):
-      grid = np.where(grid > 0, np.log10(grid), np.nan)
-    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(steps) + 3), max(4, 0.18 * len(order) + 1)))
+  for h, head in enumerate(g.rows):
+    with np.errstate(divide='ignore', invalid='ignore'):
+      grid = np.where(g.norm[h] > 0, np.log10(g.norm[h]), np.nan)
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(g.steps) + 3), max(4, 0.18 * len(g.blocks) + 1)))
     image = ax.imshow(grid, aspect='auto', interpolation='nearest', cmap='viridis')
-    ax.set_yticks(range(len(order)), order, fontsize=6)
-    ticks = np.linspace(0, len(steps) - 1, min(len(steps), 8)).round().astype(int)
-    ax.set_xticks(ticks, [steps[i] for i in ticks])
+    ax.set_yticks(range(len(g.blocks)), g.blocks, fontsize=6)
+    ticks = np.linspace(0, len(g.steps) - 1, min(len(g.steps), 8)).round().astype(int)
+    ax.set_xticks(ticks, [g.steps[i] for i in ticks])
     ax.set_xlabel('step')
     ax.set_title(f'log10 ‖∂L_{head}/∂θ_block‖ (blank: zero)')
     fig.colorbar(image, ax=ax)
@@ -330,15 +410,16 @@ def plot(records_: list[dict], structure: blocks_lib.BlockStructure, workdir: st
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
 
+  trunk = g.index(g.trunk)
   fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.3 * len(trunk) + 4), 4.5), sharey=True)
-  for ax, step in zip(axes, (steps[0], steps[-1])):
-    for head in heads:
-      values = [norm.get((step, head, b), np.nan) for b in trunk]
-      values = [v if v and v > 0 else np.nan for v in values]
-      ax.plot(range(len(trunk)), values, marker='.', label=head, linestyle='--' if head == 'total' else '-')
+  for ax, s in zip(axes, (0, len(g.steps) - 1)):
+    for h, head in enumerate(g.rows):
+      values = g.norm[h][trunk, s]
+      ax.plot(range(len(trunk)), np.where(values > 0, values, np.nan), marker='.', label=head,
+              linestyle='--' if head == 'total' else '-')
     ax.set_yscale('log')
-    ax.set_xticks(range(len(trunk)), trunk, rotation=90, fontsize=6)
-    ax.set_title(f'step {step}')
+    ax.set_xticks(range(len(trunk)), g.trunk, rotation=90, fontsize=6)
+    ax.set_title(f'step {g.steps[s]}')
     ax.set_xlabel('block (input → output)')
   axes[0].set_ylabel('gradient norm')
   axes[-1].legend()
@@ -349,20 +430,18 @@ def plot(records_: list[dict], structure: blocks_lib.BlockStructure, workdir: st
   return written
 
 
-def plot_comparison(runs: dict[str, list[dict]], structure: blocks_lib.BlockStructure, path: str,
-                    head: str = 'total') -> str:
+def plot_comparison(runs: dict[str, Gradients], path: str, head: str = 'total') -> str:
   """Depth profiles of `head` at the last measurement, one line per run (aux off / on / BN-auxiliary)."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  recorded = {r['block'] for records_ in runs.values() for r in records_}
-  trunk = [b for b in structure.trunk if b in recorded]
+  trunk = next(iter(runs.values())).trunk
   fig, ax = plt.subplots(figsize=(max(8, 0.3 * len(trunk) + 4), 4.5))
-  for name, records_ in runs.items():
-    last = max(r['step'] for r in records_)
-    norm = {r['block']: r['grad_norm'] for r in records_ if r['step'] == last and r['head'] == head}
-    ax.plot(range(len(trunk)), [norm.get(b) or np.nan for b in trunk], marker='.', label=f'{name} (step {last})')
+  for name, g in runs.items():
+    values = g.norm[g.rows.index(head)][g.index(trunk), -1]
+    ax.plot(range(len(trunk)), np.where(values > 0, values, np.nan), marker='.',
+            label=f'{name} (step {g.steps[-1]})')
   ax.set_yscale('log')
   ax.set_xticks(range(len(trunk)), trunk, rotation=90, fontsize=6)
   ax.set_ylabel(f'‖∂L_{head}/∂θ_block‖')

@@ -18,10 +18,13 @@ def test_two_rows_end_to_end_and_resumable(tmp_path, fashion_dir):
   assert 'not the paper\'s ImageNet numbers' in table
   lines = [line for line in table.splitlines() if line.startswith('| `')]
   assert [line.split('|')[1].strip() for line in lines] == ['`v1`', '`googlenet_no_aux`']
-  for row in ('v1', 'googlenet_no_aux'):
-    saved = json.loads((workdir / row / 'result.json').read_text())
-    assert saved['eval/count'] == 13 and saved['image_size'] == 65  # v1's aux heads need 65 px: both rows
-    assert f'{saved["g_macs"]:.2f}' in table
+  for row, line in zip(('v1', 'googlenet_no_aux'), lines):
+    run = workdir / row / 'seed_0'
+    saved = json.loads((run / 'result.json').read_text())
+    assert saved['eval/count'] == 13
+    assert json.loads((run / 'config.json').read_text())['image_size'] == 65  # v1's aux heads: both rows
+    assert f'| {100 * (1 - saved["eval/top1"]):.1f} |' in line
+    assert '| 1.58 |' in line   # GoogLeNet's multiply-adds at 224 px (README's model table)
 
   again = run_module('experiments.ablations', *args)
   assert again.returncode == 0, again.stderr[-3000:]

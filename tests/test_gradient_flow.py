@@ -196,20 +196,25 @@ def test_plots_and_summary_are_written(tmp_path, setup):
     _, _, total = gradient_flow.head_gradients(model, params, variables['batch_stats'], x, labels,
                                                jax.random.key(step), smoothing=0.1, aux_weight=AUX_WEIGHT)
     params = jax.tree.map(lambda p, g: p - 0.5 * g, params, total)
-  written = gradient_flow.plot(records, structure, str(tmp_path))
+  g = gradient_flow.Gradients.from_records(records, gradient_flow.describe_blocks(structure, names))
+  written = gradient_flow.plot(g, str(tmp_path))
   assert sorted(os.path.basename(p) for p in written) == [
       'depth_profile.png', 'heatmap_aux1.png', 'heatmap_main.png', 'heatmap_total.png']
   for path in written:
     with Image.open(path) as image:
       assert image.format == 'PNG' and image.size[0] > 300
-  share = gradient_flow.aux_share(records, 0, 'stem', AUX_WEIGHT)
+  share = g.aux_share()[g.blocks.index('stem'), 0]
   # ‖w·g_aux‖ from the recorded norm of aux1 alone (one aux head): the recomputation must agree.
   at = {r['head']: r['grad_norm'] for r in records if r['step'] == 0 and r['block'] == 'stem'}
   assert share == pytest.approx(AUX_WEIGHT * at['aux1'] / (at['main'] + AUX_WEIGHT * at['aux1']), rel=1e-3)
-  text = gradient_flow.summary(records, structure, AUX_WEIGHT, {'probe_s': 2.0, 'train_step_s': 1.0,
-                                                                'ratio': 2.0})
+  text = gradient_flow.summary(g, AUX_WEIGHT, {'probe_s': 2.0, 'train_step_s': 1.0, 'ratio': 2.0})
   assert f'{share:.1%} of the gradient norm at step 0' in text
   assert 'aux1, after block1' in text and '2.00× a plain training step' in text
+  # The depth comparison: the stem's ‖g‖/‖w‖ over that of block2, the last block below the classifier.
+  stem, top = (g.blocks.index(b) for b in ('stem', 'block2'))
+  ratio = g.relative('main')[stem, 0] / g.relative('main')[top, 0]
+  assert g.stem_and_top == ('stem', 'block2')
+  assert f'in the stem is {ratio:.3g}× that of the last block below the classifier (block2)' in text
 
 
 @pytest.mark.parametrize('aux_names', [('AuxLogits',), ('aux1', 'aux2')])
@@ -228,7 +233,8 @@ def test_every_number_of_the_summary_is_finite_whatever_the_side_heads_are_calle
     measured = jax.device_get(probe(variables['params'], variables['batch_stats'],
                                     {'image': x, 'label': jnp.array([0, 1, 2, 1])}, jax.random.key(step)))
     records += gradient_flow.records(step, measured, heads, names)
-  text = gradient_flow.summary(records, structure, AUX_WEIGHT)
+  g = gradient_flow.Gradients.from_records(records, gradient_flow.describe_blocks(structure, names))
+  text = gradient_flow.summary(g, AUX_WEIGHT)
   numbers = re.findall(r'(?<![\w/])(?:nan|inf|-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)', text)
   assert numbers and all(np.isfinite(float(n)) for n in numbers), text
   assert 'nan' not in text

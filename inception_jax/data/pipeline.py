@@ -14,7 +14,6 @@ import math
 from typing import Iterator
 
 import jax
-import numpy as np
 
 from inception_jax.data import import_tensorflow, preprocess
 from inception_jax.data.device import Batch, ImageSpec, check_batch_size

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from inception_jax import gradient_flow
 from inception_jax.study import claims as claims_lib
 from inception_jax.study import measures as measures_lib
 from inception_jax.study import runner
@@ -109,7 +110,7 @@ def collect(study: runner.Study, workdir: str, machine: str = '') -> dict[str, A
         continue
       directory = runner.run_dir(workdir, condition.name, seed)
       curves = measures_lib.read_curves(directory)
-      gradients = measures_lib.Gradients.read(directory)
+      gradients = gradient_flow.Gradients.read(directory)
       total_steps = curves['step'][-1] if curves['step'] else 0
       m = measures_lib.run_measures(result, curves, gradients, total_steps, study.thresholds,
                                     study.early_fraction)
@@ -175,12 +176,12 @@ def markdown(record: dict, plots: Sequence[str] = ()) -> str:
             '| condition | what | model | aux | input | steps × batch | update rule, lr | train images |',
             '|---|---|---|---|---|---|---|---|']
   for c in record['conditions']:
-    k = c['config']
-    aux = ('off' if not k['aux_logits'] else
-           f'on, weight {k["aux_weight"]:g}' + (', BN' if k.get('model_overrides.aux_bn') else ''))
+    k = {key: '–' if v is None else f'{v:g}' if isinstance(v, float) else v for key, v in c['config'].items()}
+    aux = ('off' if not c['config']['aux_logits'] else
+           f'on, weight {k["aux_weight"]}' + (', BN' if c['config'].get('model_overrides.aux_bn') else ''))
     lines.append(f'| `{c["name"]}` | {c["description"]} | {k["model"]} | {aux} | {k["image_size"]} px | '
-                 f'{k["total_steps"]} × {k["batch_size"]} | {k["optimizer"]}, {k["learning_rate"]:g} | '
-                 f'{k["train_examples"] or "all"} |')
+                 f'{k["total_steps"]} × {k["batch_size"]} | {k["optimizer"]}, {k["learning_rate"]} | '
+                 f'{c["config"]["train_examples"] or "all"} |')
   thresholds = record['thresholds']
   lines += ['', '## Results', '', 'Median [min – max] over seeds; accuracies in %. Test: the whole test split; '
             'train (eval): the training images without augmentation, evaluated like the test images; gap: '
@@ -281,9 +282,9 @@ def plot_curves(record: dict, path: str) -> str:
   return path
 
 
-def _gradients(c: dict) -> list[tuple[measures_lib.Gradients, int]]:
+def _gradients(c: dict) -> list[tuple[gradient_flow.Gradients, int]]:
   """A condition's runs' gradient records back as arrays, each with its run's length in steps."""
-  return [(measures_lib.Gradients.from_json(r['gradients']), r['curves']['step'][-1])
+  return [(gradient_flow.Gradients.from_json(r['gradients']), r['curves']['step'][-1])
           for r in c['runs'].values() if r['gradients']]
 
 
@@ -309,7 +310,6 @@ def plot_gradients(record: dict, path: str) -> str | None:
         share = [np.nanmedian(g.aux_share()[g.index(g.lower)], axis=0) for g in gs]
         _band(axes[0, col], g0.steps, share, c['name'])
       trunk = g0.trunk[:-1] if len(g0.trunk) > 1 else g0.trunk
-      main = g0.rows.index('main')
       for name, (lo, hi), style in (('early', (0, early * total), '-'),
                                     ('late', ((1 - early) * total, total + 1), '--')):
         rel = [np.nanmean(g.relative('main')[g.index(trunk)][:, g.window(lo, hi)], axis=1) for g in gs]
@@ -317,8 +317,7 @@ def plot_gradients(record: dict, path: str) -> str | None:
                           label=f'{c["name"]} {name}')
         for head, info in g0.aux_heads.items():
           below = info['upstream']
-          cos = [np.nanmean(g.cos[g.rows.index(head), main][g.index(below)][:, g.window(lo, hi)], axis=1)
-                 for g in gs]
+          cos = [np.nanmean(g.cos_to_main(head)[g.index(below)][:, g.window(lo, hi)], axis=1) for g in gs]
           axes[2, col].plot(range(len(below)), np.nanmedian(np.array(cos), 0), style, marker='.',
                             label=f'{c["name"]} {head} {name}')
           lower = below  # the deepest head reaches every block the others do (a prefix)
