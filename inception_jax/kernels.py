@@ -9,9 +9,10 @@ are computed.
 - `auto` (the default): `cpu` on the CPU backend, `lax` on any other.
 
 Both compute the same function with the same parameters (tested against each other in float64), so a
-checkpoint, a converted weight file or a config moves between them unchanged. Model code passes the
-setting on (a `kernels` field, as it passes `dtype`) and asks this module for the operation; it never
-asks which backend it runs on.
+checkpoint, a converted weight file or a config moves between them unchanged. `models.create_model`
+resolves the setting once into a `Kernels` (`get`), the model hands that object to its layers (a `kernels`
+field, as it hands down `dtype`), and they take their operations from it; model code never asks which
+backend it runs on.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from inception_jax import train
+from inception_jax import step as step_lib
 from inception_jax.step_timing import abstract_step_args, training_steps
 
 
@@ -29,7 +30,7 @@ def saved_bytes_per_image(c, num_classes: int = 1000) -> float:
   `jax.vjp` of training's loss), as JAX hands the program to any compiler: what `config.remat` reduces,
   whether or not a backend's scheduler keeps to it. Abstract: nothing is computed."""
   model = train.build_model(c, num_classes)
-  loss_fn = train.make_loss_fn(model, c)
+  loss_fn = step_lib.make_loss_fn(model, c)
   rng = jax.random.key(0)
 
   def saved(batch_size: int) -> int:

@@ -11,6 +11,7 @@ import time
 import jax
 
 from inception_jax import compile_cache, data, train
+from inception_jax import step as step_lib
 
 # Steps traced when a trace directory is given (after the timed ones).
 PROFILED_STEPS = 3
@@ -63,10 +64,10 @@ class CacheHits:
 
 
 def training_steps(c, num_classes: int, devices=None):
-  """Training's own jitted steps (`train.Steps`) for config `c` on a mesh of `devices` (default: all)."""
+  """Training's own jitted steps (`step.JittedSteps`) for config `c` on a mesh of `devices` (default: all)."""
   model = train.build_model(c, num_classes)
   tx, schedule = train.build_optimizer(c, total_steps=10_000, steps_per_epoch=1_000, global_batch=c.batch_size)
-  return model, train.Steps(model, tx, schedule, c, mesh=train.data_mesh(devices))
+  return model, step_lib.JittedSteps(model, tx, schedule, c, mesh=step_lib.data_mesh(devices))
 
 
 def abstract_step_args(c, steps_) -> tuple:

@@ -11,6 +11,7 @@ import pytest
 from experiments import imagenet
 from experiments.configs import base
 from inception_jax import models, train
+from inception_jax import step as step_lib
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'experiments', 'configs')
 PRESETS = sorted(f[:-3] for f in os.listdir(CONFIGS) if f.endswith('.py') and f not in ('base.py', '__init__.py'))
@@ -48,10 +49,10 @@ def test_preset_builds_its_model_and_optimizer(name):
   info = models.model_info(c.model)
   model = train.build_model(c, num_classes=1000)
   steps_per_epoch = 1_281_167 // c.batch_size
-  total = train.steps('total', c, steps_per_epoch)
+  total = train.duration_steps('total', c, steps_per_epoch)
   tx, schedule = train.build_optimizer(c, total, steps_per_epoch, c.batch_size)
   size = info.min_aux_input_size if c.aux_logits and info.num_aux_heads else info.min_input_size
-  state = jax.eval_shape(lambda: train.init_state(model, tx, jax.random.key(0), size, ema=bool(c.ema_decay)))
+  state = jax.eval_shape(lambda: step_lib.init_state(model, tx, jax.random.key(0), size, ema=bool(c.ema_decay)))
   assert jax.tree.leaves(state.params)
   assert float(schedule(0)) == pytest.approx(c.learning_rate)
   assert float(schedule(total)) < c.learning_rate  # every recipe decays
@@ -124,12 +125,12 @@ def test_a_duration_on_the_command_line_replaces_the_presets_other_unit():
   c = load('v3')
   c.total_steps = 1000  # what --config.total_steps=1000 does; the preset's total_epochs is still set
   imagenet._command_line_durations_win(c, ['prog', '--config=v3', '--config.total_steps=1000'])
-  assert c.total_epochs is None and train.steps('total', c, steps_per_epoch=5000) == 1000
+  assert c.total_epochs is None and train.duration_steps('total', c, steps_per_epoch=5000) == 1000
   c = load('v3', 'fashion_mnist')
   preset_checkpoint_every = c.checkpoint_every_steps
   c.total_epochs = 2.0
   imagenet._command_line_durations_win(c, ['prog', '--config.total_epochs=2', '--config.eval_every_steps=9'])
-  assert c.total_steps is None and train.steps('total', c, steps_per_epoch=100) == 200
+  assert c.total_steps is None and train.duration_steps('total', c, steps_per_epoch=100) == 200
   assert c.checkpoint_every_steps == preset_checkpoint_every  # not named on the command line: untouched
 
 
@@ -149,7 +150,7 @@ def test_short_run_keeps_the_recipe_and_cuts_the_budget():
       paper.optimizer, paper.learning_rate, paper.optimizer_kwargs.rmsprop.epsilon, paper.clip_norm)
   assert short.dataset == 'fashion_mnist' and short.image_size == 107  # Inception-v2's aux head needs 107
   assert short.total_steps == 120 and short.total_epochs is None and short.eval_every_epochs is None
-  assert train.steps('total', short, steps_per_epoch=1875) == 120
+  assert train.duration_steps('total', short, steps_per_epoch=1875) == 120
   assert short.lr_reference_batch == 256 and short.ema_decay == 0.0
   assert paper.model_overrides.bn_momentum == 0.9997 and short.model_overrides.bn_momentum == 0.9
   assert short.batch_size == paper.batch_size  # given on the command line: kept

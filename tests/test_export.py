@@ -12,6 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 from experiments.configs import v3
 from inception_jax import data, models, train
+from inception_jax import step as step_lib
 
 PLATFORMS = ('tpu', 'cuda')
 # custom_call targets every backend implements (sharding annotations of the SPMD partitioner).
@@ -68,7 +69,7 @@ def _steps(mesh, bn_per_device=False):
   tx, schedule = train.build_optimizer(config, total_steps=1000, steps_per_epoch=100, global_batch=BATCH)
   # The images arrive as the input pipelines give them, uint8 pixels the steps normalise.
   spec = data.ImageSpec.for_model(models.model_info(config.model), SIZE)
-  steps = train.Steps(model, tx, schedule, config, mesh=mesh, spec=spec)
+  steps = step_lib.JittedSteps(model, tx, schedule, config, mesh=mesh, spec=spec)
   state = jax.eval_shape(steps.init, jax.random.key(0))
   state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=steps.replicated), state)
   batch = {'image': jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.uint8, sharding=steps.sharded),
@@ -80,13 +81,13 @@ def _steps(mesh, bn_per_device=False):
 
 # Sharded over the suite's eight simulated CPU devices, what is checked is the module handed to the target's
 # compiler: each argument's sharding (sdy.sharding attributes: state replicated, batch over 'data', as
-# train.Steps gives them), the device count, and, for per-device BN, the shard_map (an sdy.manual_computation
+# step_lib.JittedSteps gives them), the device count, and, for per-device BN, the shard_map (an sdy.manual_computation
 # with its explicit all_reduces). The SPMD partitioner runs when the target compiles the module, so the
 # collectives it adds for global-batch BN, and any custom call it emits then, are not in it and not checked.
 @pytest.mark.slow
 @pytest.mark.parametrize('devices', [1, 8])
 def test_v3_train_step_exports_for_tpu_and_cuda_with_nothing_cpu_only(devices):
-  mesh = train.data_mesh(jax.devices()[:devices])
+  mesh = step_lib.data_mesh(jax.devices()[:devices])
   steps, state, batch, _, rng = _steps(mesh)
   exported = export_for_accelerators(steps.train_step, state, batch, rng)
   assert exported.nr_devices == devices
@@ -99,7 +100,7 @@ def test_v3_train_step_exports_for_tpu_and_cuda_with_nothing_cpu_only(devices):
 
 @pytest.mark.parametrize('devices', [1, 8])
 def test_v3_eval_step_exports_for_tpu_and_cuda_with_nothing_cpu_only(devices):
-  mesh = train.data_mesh(jax.devices()[:devices])
+  mesh = step_lib.data_mesh(jax.devices()[:devices])
   steps, state, _, eval_batch, _ = _steps(mesh)
   exported = export_for_accelerators(steps.eval_step, state.params, state.batch_stats, eval_batch)
   assert exported.nr_devices == devices
@@ -110,7 +111,7 @@ def test_v3_eval_step_exports_for_tpu_and_cuda_with_nothing_cpu_only(devices):
 
 @pytest.mark.slow
 def test_the_per_device_bn_step_exports_too():
-  mesh = train.data_mesh(jax.devices()[:8])
+  mesh = step_lib.data_mesh(jax.devices()[:8])
   steps, state, batch, _, rng = _steps(mesh, bn_per_device=True)
   exported = export_for_accelerators(steps.train_step, state, batch, rng)
   assert exported.nr_devices == 8

@@ -13,6 +13,7 @@ from jax import lax
 
 from experiments.configs import base
 from inception_jax import kernels, models, train, xla_cpu
+from inception_jax import step as step_lib
 from tiny_config import TinyInception
 
 
@@ -81,15 +82,33 @@ def test_every_model_passes_the_setting_to_every_layer(name):
   assert stock != tuned
 
 
+def test_the_setting_is_resolved_once_into_the_object_every_layer_takes():
+  model = models.create_model('xception', kernels='cpu')
+  assert model.kernels is kernels.CPU
+  assert models.create_model('xception', kernels=kernels.LAX).kernels is kernels.LAX
+  # A separable convolution's two convolutions follow it too: under 'cpu' the 1×1 pointwise one is a
+  # matrix product (the depthwise one, grouped, is lax's under both).
+  from inception_jax.models import layers
+  x = jnp.zeros((2, 8, 8, 4))
+
+  def convolutions(setting):
+    conv = layers.SeparableConv(6, kernels=setting)
+    variables = conv.init(jax.random.key(0), x)
+    return _primitives(jax.make_jaxpr(conv.apply)(variables, x).jaxpr)['conv_general_dilated']
+
+  assert (convolutions(kernels.LAX), convolutions(kernels.CPU)) == (2, 1)
+
+
 def _step_results(setting):
   config = base.get_config()
   config.kernels = setting
   config.optimizer, config.learning_rate, config.clip_norm = 'sgd', 0.1, 0.5   # the clip is active
   config.label_smoothing, config.ema_decay = 0.1, 0.99
-  model = TinyInception(num_classes=5, kernels=setting, dtype=jnp.float64, param_dtype=jnp.float64)
+  model = TinyInception(num_classes=5, kernels=kernels.get(setting), dtype=jnp.float64,
+                        param_dtype=jnp.float64)
   tx, schedule = train.build_optimizer(config, total_steps=10, steps_per_epoch=10, global_batch=4)
-  state = train.init_state(model, tx, jax.random.key(0), image_size=18, ema=True)
-  step = jax.jit(train.make_train_step(model, tx, schedule, config))
+  state = step_lib.init_state(model, tx, jax.random.key(0), image_size=18, ema=True)
+  step = jax.jit(step_lib.make_train_step(model, tx, schedule, config))
   x = jax.random.normal(jax.random.key(1), (4, 18, 18, 3), jnp.float64)
   batch = {'image': x, 'label': jnp.array([0, 1, 2, 3])}
   for _ in range(2):

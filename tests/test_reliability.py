@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from inception_jax import checkpoint, train
+from inception_jax import step as step_lib
 
 from conftest import ROOT, module_command, tiny_config
 
@@ -155,7 +156,7 @@ def _steps_and_state(**overrides):
   c = tiny_config('', **overrides)
   model = train.build_model(c, 10)
   tx, schedule = train.build_optimizer(c, 10, 10, 8)
-  steps = train.Steps(model, tx, schedule, c, mesh=train.data_mesh(jax.devices()[:1]))
+  steps = step_lib.JittedSteps(model, tx, schedule, c, mesh=step_lib.data_mesh(jax.devices()[:1]))
   return steps, steps.init(jax.random.key(0))
 
 
@@ -187,7 +188,7 @@ def test_a_skipped_step_with_nan_input_changes_nothing_and_names_the_input():
 def test_a_gradient_overflow_is_counted_and_names_the_first_non_finite_gradient():
   steps, state = _steps_and_state()   # without skipping: the loop stops before anything is written
   state = state.replace(params=jax.tree.map(lambda p: p * 1e30, state.params))   # finite, but x² overflows
-  names = train.nonfinite_quantities(state.params)
+  names = step_lib.nonfinite_quantities(state.params)
   state, _ = steps.train_step(state, steps.global_batch(_batch()), jax.random.key(1))
   count, step, what, how_many = jax.device_get(state.nonfinite).tolist()
   assert (count, step) == (1, 0) and names[what] != 'input images'

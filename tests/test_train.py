@@ -13,6 +13,7 @@ import optax
 import pytest
 
 from inception_jax import checkpoint, data, train
+from inception_jax import step as step_lib
 from inception_jax.data import sources
 
 from conftest import ROOT, run_module, tiny_config, write_idx
@@ -27,13 +28,13 @@ def read_jsonl(path):
 
 def test_durations_are_given_once_as_steps_or_epochs():
   c = ml_collections.ConfigDict({'total_steps': None, 'total_epochs': 2.5})
-  assert train.steps('total', c, steps_per_epoch=10) == 25
+  assert train.duration_steps('total', c, steps_per_epoch=10) == 25
   c.total_steps = 7
   with pytest.raises(ValueError, match='only one of total_steps and total_epochs'):
-    train.steps('total', c, 10)
+    train.duration_steps('total', c, 10)
   c.total_epochs = None
-  assert train.steps('total', c, 10) == 7
-  assert train.steps('warmup', ml_collections.ConfigDict(), 10, default=0) == 0
+  assert train.duration_steps('total', c, 10) == 7
+  assert train.duration_steps('warmup', ml_collections.ConfigDict(), 10, default=0) == 0
 
 
 def test_a_run_writes_metrics_config_events_and_checkpoints(tmp_path, fashion_dir):
@@ -151,7 +152,7 @@ def _one_step(devices, bn_per_device=False, dtype='float32'):
                   learning_rate=0.01, label_smoothing=0.1, weight_decay=4e-5, dtype=dtype)
   model = TinyInception(num_classes=10, dtype=jnp.bfloat16 if dtype == 'bfloat16' else None)
   tx, schedule = train.build_optimizer(c, 10, 10, 16)
-  steps = train.Steps(model, tx, schedule, c, mesh=train.data_mesh(devices))
+  steps = step_lib.JittedSteps(model, tx, schedule, c, mesh=step_lib.data_mesh(devices))
   state = steps.init(jax.random.key(0))
   rng = np.random.default_rng(0)
   batch = {'image': rng.normal(size=(16, 32, 32, 3)).astype(np.float32),
@@ -171,12 +172,12 @@ def test_the_pipelines_uint8_pixels_are_normalised_inside_the_steps():
   floats = ((pixels / 255 - np.array(mean)) / np.array(std)).astype(np.float32)
   label = np.arange(8, dtype=np.int32)
   spec = data.ImageSpec(8, mean, std)
-  steps = train.Steps(model, tx, schedule, c, spec=spec)
+  steps = step_lib.JittedSteps(model, tx, schedule, c, spec=spec)
   state = steps.init(jax.random.key(0))
   rng = jax.random.key(1)
   as_pixels = steps.global_batch({'image': pixels, 'label': label})
   as_floats = steps.global_batch({'image': floats, 'label': label})
-  np.testing.assert_allclose(train.model_batch(as_pixels, spec)['image'], floats, atol=1e-6)
+  np.testing.assert_allclose(step_lib.model_batch(as_pixels, spec)['image'], floats, atol=1e-6)
   mask = {'mask': steps.global_batch({'image': pixels, 'mask': np.ones(8, bool)})['mask']}
   evals = [steps.eval_step(state.params, state.batch_stats, {**b, **mask}) for b in (as_pixels, as_floats)]
   np.testing.assert_allclose(evals[0]['loss'], evals[1]['loss'], rtol=1e-5)
@@ -185,7 +186,7 @@ def test_the_pipelines_uint8_pixels_are_normalised_inside_the_steps():
   for key in ('loss', 'l2_grads'):
     np.testing.assert_allclose(m_pixels[key], m_floats[key], rtol=1e-5)
   with pytest.raises(ValueError, match='uint8 images need their normalisation'):
-    train.Steps(model, tx, schedule, c).train_step(state, as_pixels, rng)
+    step_lib.JittedSteps(model, tx, schedule, c).train_step(state, as_pixels, rng)
 
 
 @pytest.mark.slow

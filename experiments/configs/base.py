@@ -1,6 +1,6 @@
 """Every training key with its default. Presets copy this and change what their paper says.
 
-Durations are given once, as `*_steps` or `*_epochs` (`inception_jax.train.steps` resolves them).
+Durations are given once, as `*_steps` or `*_epochs` (`inception_jax.train.duration_steps` resolves them).
 """
 
 import ml_collections

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from inception_jax import kernels as kernels_lib
 from inception_jax.models import layers
 from inception_jax.models.registry import ModelOutput, register
 
@@ -64,7 +65,7 @@ class LeNet(nn.Module):
   kernel_init: Callable = nn.initializers.xavier_uniform()
   dtype: Any = None
   param_dtype: Any = jnp.float32
-  kernels: str = 'auto'   # see inception_jax.kernels
+  kernels: kernels_lib.Kernels = kernels_lib.LAX   # see inception_jax.kernels
 
   # conv 5×5 (pad 2) → pool 2 → conv 5×5 VALID → pool 2: 12 → 6 → 2 → 1.
   MIN_INPUT_SIZE = 12
@@ -109,7 +110,7 @@ class AlexNet(nn.Module):
   kernel_init: Callable = layers.conv_kernel_init
   dtype: Any = None
   param_dtype: Any = jnp.float32
-  kernels: str = 'auto'   # see inception_jax.kernels
+  kernels: kernels_lib.Kernels = kernels_lib.LAX   # see inception_jax.kernels
 
   # Three VALID 3×3/2 max pools after the 11×11/4 conv (the adaptive pool accepts any grid).
   MIN_INPUT_SIZE = 63
@@ -159,7 +160,7 @@ class VGG(nn.Module):
   kernel_init: Callable = layers.conv_kernel_init
   dtype: Any = None
   param_dtype: Any = jnp.float32
-  kernels: str = 'auto'   # see inception_jax.kernels
+  kernels: kernels_lib.Kernels = kernels_lib.LAX   # see inception_jax.kernels
 
   # Five 2×2/2 max pools.
   MIN_INPUT_SIZE = 32
@@ -220,7 +221,7 @@ class NiN(nn.Module):
   kernel_init: Callable = layers.conv_kernel_init
   dtype: Any = None
   param_dtype: Any = jnp.float32
-  kernels: str = 'auto'   # see inception_jax.kernels
+  kernels: kernels_lib.Kernels = kernels_lib.LAX   # see inception_jax.kernels
 
   # 11×11/4 VALID conv, then three VALID 3×3/2 max pools.
   MIN_INPUT_SIZE = 67

@@ -122,12 +122,9 @@ class GoogLeNet(layers.BNConvNet):
   def _aux_head(self, name: str) -> layers.AuxHead:
     # torchvision flattens the 128×4×4 map in NCHW order before fc1; here it is NHWC, so a weight converter
     # permutes fc1's input rows.
-    return layers.AuxHead(
-        self.num_classes, pool_window=5, pool_stride=3, adaptive_pool=self.aux_adaptive_pool,
-        proj_features=128, proj_bn=self.use_bn, hidden_features=1024, dropout_rate=self.aux_dropout_rate,
-        bn_scale=self.bn_scale, bn_epsilon=self.bn_epsilon, bn_momentum=self.bn_momentum,
-        kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype, kernels=self.kernels,
-        name=name)
+    return self.aux_head(pool_window=5, pool_stride=3, adaptive_pool=self.aux_adaptive_pool, proj_features=128,
+                         proj_bn=self.use_bn, hidden_features=1024, dropout_rate=self.aux_dropout_rate,
+                         name=name)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> ModelOutput:

@@ -125,11 +125,8 @@ class InceptionV3(layers.BNConvNet):
                                    name=name)(x, train)
       # Aux heads are created at init (so the variables exist) but only contribute when training.
       if name == AUX_AFTER and self.aux_logits and (train or self.is_initializing()):
-        head = layers.AuxHead(self.num_classes, proj_features=128, conv_features=768, conv_kernel=5,
-                              conv_bn=self.aux_bn, bn_scale=self.bn_scale, bn_epsilon=self.bn_epsilon,
-                              bn_momentum=self.bn_momentum, kernel_init=self.kernel_init,
-                              dtype=self.dtype, param_dtype=self.param_dtype, kernels=self.kernels,
-                              name='AuxLogits')
+        head = self.aux_head(proj_features=128, conv_features=768, conv_kernel=5, conv_bn=self.aux_bn,
+                             name='AuxLogits')
         aux = (head(x, train),)
 
     x = layers.global_avg_pool(x)

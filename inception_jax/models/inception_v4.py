@@ -50,26 +50,17 @@ Layer = Conv | Pool | Block
 
 def apply_layer(layer: Layer, x: jax.Array, net: layers.BNConvNet, conv: Callable[..., nn.Module],
                 train: bool) -> jax.Array:
-  """Runs one table entry inside the compact method of `net`."""
-  if isinstance(layer, Conv):
-    return conv(layer.features, layer.kernel, strides=layer.stride, padding=layer.padding,
-                name=layer.name)(x, train)
-  if isinstance(layer, Pool):
-    if layer.kind == 'max':
-      return layers.max_pool(x, layer.window, layer.stride, layer.padding, layer.ceil_mode, net.kernels)
-    return layers.avg_pool(x, layer.window, layer.stride, layer.padding, net.pool_count_include_pad,
-                           layer.ceil_mode)
-  mixed = net.block(layers.Mixed)
-  return mixed(layer.branches, conv, net.pool_count_include_pad, net.kernels, name=layer.name)(x, train)
+  """Runs one table entry inside the compact method of `net`: a named Inception module is a top-level
+  `layers.Mixed` block, anything else a step of `layers.run_step`."""
+  if isinstance(layer, Block):
+    mixed = net.block(layers.Mixed)
+    return mixed(layer.branches, conv, net.pool_count_include_pad, net.kernels, name=layer.name)(x, train)
+  return layers.run_step(layer, x, train, conv, net.kernels, net.pool_count_include_pad)
 
 
-
-def _aux_head(m: nn.Module) -> layers.AuxHead:
+def _aux_head(m: layers.BNConvNet) -> layers.AuxHead:
   """TF-slim's head on the 17×17 grid: avgpool 5/3 → 1×1 ConvBN 128 → 5×5 ConvBN 768 → FC."""
-  return layers.AuxHead(m.num_classes, proj_features=128, conv_features=768, conv_kernel=5, conv_bn=True,
-                        bn_scale=m.bn_scale, bn_epsilon=m.bn_epsilon, bn_momentum=m.bn_momentum,
-                        kernel_init=m.kernel_init, dtype=m.dtype, param_dtype=m.param_dtype,
-                        kernels=m.kernels, name='AuxLogits')
+  return m.aux_head(proj_features=128, conv_features=768, conv_kernel=5, conv_bn=True, name='AuxLogits')
 
 
 def _head(m: nn.Module, x: jax.Array, train: bool) -> jax.Array:

@@ -63,7 +63,8 @@ class ConvBN(nn.Module):
 
   With `use_bn` the convolution has no bias (BN's offset replaces it), as in TF-slim, Keras and torchvision.
   `bn_scale=False` drops BN's gamma, as Keras' Inception models do (a following ReLU makes it redundant).
-  `kernels` chooses how the convolution and BN are computed (`inception_jax.kernels`), not what.
+  `kernels` (an `inception_jax.kernels.Kernels`, resolved where the model is built) says how the
+  convolution and BN are computed, not what.
   """
   features: int
   kernel_size: int | Sequence[int]
@@ -79,7 +80,7 @@ class ConvBN(nn.Module):
   kernel_init: Callable = conv_kernel_init
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
-  kernels: str = 'auto'
+  kernels: kernels_lib.Kernels = kernels_lib.LAX
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -94,7 +95,7 @@ class ConvBN(nn.Module):
         kernel_init=self.kernel_init,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
-        conv_general_dilated=kernels_lib.get(self.kernels).conv_general_dilated,
+        conv_general_dilated=self.kernels.conv_general_dilated,
         name='conv',
     )(x)
     if self.use_bn:
@@ -107,7 +108,7 @@ class ConvBN(nn.Module):
 def batch_norm(cfg: Any, train: bool, name: str = 'bn') -> nn.Module:
   """BatchNorm configured from a module's bn_* and kernels fields. Statistics stay in float32 under any
   compute dtype."""
-  return kernels_lib.get(cfg.kernels).batch_norm(
+  return cfg.kernels.batch_norm(
       use_running_average=not train,
       momentum=cfg.bn_momentum,
       epsilon=cfg.bn_epsilon,
@@ -133,7 +134,8 @@ class BNConvNet(nn.Module):
     remat_blocks: activation checkpointing per block: the backward pass keeps only each block's input
       and recomputes the block's inside from it (`nn.remat`), so training holds one block's activations
       at a time rather than the whole network's, for about one more forward pass of compute.
-    kernels: 'auto', 'lax' or 'cpu': how convolutions, pools and BN are computed (`inception_jax.kernels`).
+    kernels: how convolutions, pools and BN are computed: an `inception_jax.kernels.Kernels`, which
+      `models.create_model` resolves once from 'auto', 'lax' or 'cpu' and every layer takes from here.
   """
   num_classes: int = 1000
   aux_logits: bool = True
@@ -146,7 +148,7 @@ class BNConvNet(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
   remat_blocks: bool = False
-  kernels: str = 'auto'
+  kernels: kernels_lib.Kernels = kernels_lib.LAX
 
   def block(self, cls: type[nn.Module]) -> type[nn.Module]:
     """The class of a top-level block (an Inception module, a residual block), rematerialised when
@@ -154,11 +156,17 @@ class BNConvNet(nn.Module):
     argument of every block's `__call__` and stays a Python bool."""
     return nn.remat(cls, static_argnums=(2,)) if self.remat_blocks else cls
 
-  def conv_factory(self, **overrides) -> Callable[..., nn.Module]:
-    """`ConvBN` with this network's BN, init and dtype settings."""
-    return functools.partial(ConvBN, bn_scale=self.bn_scale, bn_epsilon=self.bn_epsilon,
+  def conv_factory(self, cls: type[nn.Module] | None = None, **overrides) -> Callable[..., nn.Module]:
+    """`cls` (default `ConvBN`; any module with its BN, init, dtype and kernels fields) with this
+    network's settings."""
+    return functools.partial(cls or ConvBN, bn_scale=self.bn_scale, bn_epsilon=self.bn_epsilon,
                              bn_momentum=self.bn_momentum, kernel_init=self.kernel_init, dtype=self.dtype,
                              param_dtype=self.param_dtype, kernels=self.kernels, **overrides)
+
+  def aux_head(self, **fields) -> 'AuxHead':
+    """An `AuxHead` for this network's classes, with its BN, init, dtype and kernels settings; `fields`
+    give the family's head shape and its name."""
+    return self.conv_factory(AuxHead, num_classes=self.num_classes, **fields)()
 
 
 class SeparableConv(nn.Module):
@@ -172,18 +180,19 @@ class SeparableConv(nn.Module):
   kernel_init: Callable = conv_kernel_init
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.LAX
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     in_features = x.shape[-1]
-    x = nn.Conv(in_features, _pair(self.kernel_size), strides=_pair(self.strides),
-                padding=resolve_padding(self.padding), feature_group_count=in_features,
-                use_bias=self.use_bias, kernel_init=self.kernel_init, dtype=self.dtype,
-                param_dtype=self.param_dtype, name='depthwise')(x)
+    conv = functools.partial(nn.Conv, use_bias=self.use_bias, kernel_init=self.kernel_init, dtype=self.dtype,
+                             param_dtype=self.param_dtype,
+                             conv_general_dilated=self.kernels.conv_general_dilated)
+    x = conv(in_features, _pair(self.kernel_size), strides=_pair(self.strides),
+             padding=resolve_padding(self.padding), feature_group_count=in_features, name='depthwise')(x)
     if self.mid_activation is not None:
       x = self.mid_activation(x)
-    return nn.Conv(self.features, (1, 1), use_bias=self.use_bias, kernel_init=self.kernel_init,
-                   dtype=self.dtype, param_dtype=self.param_dtype, name='pointwise')(x)
+    return conv(self.features, (1, 1), name='pointwise')(x)
 
 
 def _pool_padding(size: int, window: int, stride: int, pad: tuple[int, int],
@@ -210,14 +219,15 @@ def _explicit_pool_padding(x: jax.Array, window: tuple[int, int], strides: tuple
 
 
 def max_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[int] | None = None,
-             padding: Padding = 'VALID', ceil_mode: bool = False, kernels: str = 'auto') -> jax.Array:
+             padding: Padding = 'VALID', ceil_mode: bool = False,
+             kernels: kernels_lib.Kernels = kernels_lib.LAX) -> jax.Array:
   """Max pooling over NHWC; padded cells never win (they are -inf). `kernels`: see `inception_jax.kernels`."""
   window = _pair(window)
   strides = window if strides is None else _pair(strides)
   pad = _explicit_pool_padding(x, window, strides, padding, ceil_mode)
   if isinstance(pad, str):
     pad = lax.padtype_to_pads(x.shape[1:3], window, strides, pad)
-  return kernels_lib.get(kernels).max_pool(x, window, strides, tuple(tuple(p) for p in pad))
+  return kernels.max_pool(x, window, strides, tuple(tuple(p) for p in pad))
 
 
 def avg_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[int] | None = None,
@@ -302,7 +312,7 @@ class AuxHead(nn.Module):
   kernel_init: Callable = conv_kernel_init
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
-  kernels: str = 'auto'
+  kernels: kernels_lib.Kernels = kernels_lib.LAX
 
   def _conv(self, features, kernel, use_bn, name):
     return ConvBN(features, kernel, padding='VALID', use_bn=use_bn, bn_scale=self.bn_scale,
@@ -384,39 +394,45 @@ class Fork(NamedTuple):
 Branch = tuple[Conv | Pool | Fork, ...]
 
 
+def run_step(step: Conv | Pool | Fork, x: jax.Array, train: bool, conv: Callable[..., nn.Module],
+             kernels: kernels_lib.Kernels, pool_count_include_pad: bool) -> jax.Array:
+  """One step of a table, inside the compact method of the module that owns it: a ConvBN made by `conv`,
+  a pool, or a Fork of parallel tails concatenated on channels."""
+  if isinstance(step, Conv):
+    return conv(step.features, step.kernel, strides=step.stride, padding=step.padding, name=step.name)(x, train)
+  if isinstance(step, Pool):
+    if step.kind == 'max':
+      return max_pool(x, step.window, step.stride, step.padding, step.ceil_mode, kernels)
+    return avg_pool(x, step.window, step.stride, step.padding, pool_count_include_pad, step.ceil_mode)
+  return jnp.concatenate([run_chain(tail, x, train, conv, kernels, pool_count_include_pad)
+                          for tail in step.tails], axis=-1)
+
+
+def run_chain(steps: Branch, x: jax.Array, train: bool, *args) -> jax.Array:
+  """`run_step` over a chain of steps (the arguments after `train` are `run_step`'s)."""
+  for step in steps:
+    x = run_step(step, x, train, *args)
+  return x
+
+
 class Mixed(nn.Module):
   """Parallel branches concatenated on the channel axis.
 
   Attributes:
     branches: the module's table, one tuple of steps per branch.
-    conv: the ConvBN factory carrying the family's BN/dtype/init conventions.
+    conv: the ConvBN factory carrying the family's BN/dtype/init/kernels conventions.
     pool_count_include_pad: average-pool convention (see `avg_pool`).
-    kernels: how max pools are computed (the conv factory carries its own).
+    kernels: how max pools are computed (the conv factory carries the same).
   """
   branches: tuple[Branch, ...]
   conv: Callable[..., nn.Module] = ConvBN
   pool_count_include_pad: bool = False
-  kernels: str = 'auto'
-
-  def _step(self, step, x, train):
-    if isinstance(step, Conv):
-      return self.conv(step.features, step.kernel, strides=step.stride, padding=step.padding,
-                       name=step.name)(x, train)
-    if isinstance(step, Pool):
-      if step.kind == 'max':
-        return max_pool(x, step.window, step.stride, step.padding, step.ceil_mode, self.kernels)
-      return avg_pool(x, step.window, step.stride, step.padding, self.pool_count_include_pad,
-                      step.ceil_mode)
-    return jnp.concatenate([self._chain(tail, x, train) for tail in step.tails], axis=-1)
-
-  def _chain(self, steps, x, train):
-    for step in steps:
-      x = self._step(step, x, train)
-    return x
+  kernels: kernels_lib.Kernels = kernels_lib.LAX
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    return jnp.concatenate([self._chain(b, x, train) for b in self.branches], axis=-1)
+    args = (self.conv, self.kernels, self.pool_count_include_pad)
+    return jnp.concatenate([run_chain(b, x, train, *args) for b in self.branches], axis=-1)
 
 
 def out_features(branches: tuple[Branch, ...], in_features: int) -> int:

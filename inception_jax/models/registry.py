@@ -102,7 +102,8 @@ def create_model(name: str, *, num_classes: int = 1000, aux_logits: bool = True,
     aux_logits: build the auxiliary heads (they run only with `train=True`). Ignored by models without any.
     **overrides: any field of the model's module (dtype, param_dtype, bn_momentum, dropout_rate, the
       family's ablation switches, ...). Every model has `kernels`: 'auto' (default), 'lax' or 'cpu'
-      (`inception_jax.kernels`), which changes how it is computed but not its parameters or results.
+      (`inception_jax.kernels`), which changes how it is computed but not its parameters or results; it
+      is resolved here, once, and the model's layers take the resolved `kernels.Kernels` from the model.
 
   Returns:
     An unbound `flax.linen.Module`; `model.apply(variables, x, train=False)` returns a `ModelOutput`.
@@ -110,7 +111,9 @@ def create_model(name: str, *, num_classes: int = 1000, aux_logits: bool = True,
   canonical = resolve_name(name)
   if num_classes < 1:
     raise ValueError(f'num_classes must be a positive integer, got {num_classes}')
-  kernels.check(overrides.get('kernels', 'auto'))
+  setting = overrides.get('kernels', 'auto')
+  if not isinstance(setting, kernels.Kernels):  # resolved once, here; the layers take the object
+    overrides['kernels'] = kernels.get(setting)
   builder = _BUILDERS[canonical]
   try:
     return builder(num_classes=num_classes, aux_logits=aux_logits, **overrides)

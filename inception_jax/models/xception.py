@@ -23,13 +23,13 @@ Submodule names follow timm's (conv1, conv2, block1..block12, conv3, conv4, fc).
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from inception_jax import kernels as kernels_lib
 from inception_jax.models import layers
 from inception_jax.models.registry import ModelOutput, register
 
@@ -57,13 +57,13 @@ class SeparableConvBN(nn.Module):
   kernel_init: Callable = layers.conv_kernel_init
   dtype: Any = None
   param_dtype: Any = jnp.float32
-  kernels: str = 'auto'
+  kernels: kernels_lib.Kernels = kernels_lib.LAX
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = layers.SeparableConv(self.features, 3, padding='SAME', mid_activation=self.mid_activation,
                              kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype,
-                             name='conv')(x)
+                             kernels=self.kernels, name='conv')(x)
     x = layers.batch_norm(self, train, name='bn')(x)
     if self.activation is not None:
       x = self.activation(x)
@@ -89,7 +89,7 @@ class XceptionBlock(nn.Module):
   residual: bool = True
   sep_conv: Callable[..., nn.Module] = SeparableConvBN
   conv: Callable[..., nn.Module] = layers.ConvBN
-  kernels: str = 'auto'
+  kernels: kernels_lib.Kernels = kernels_lib.LAX
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -144,10 +144,8 @@ class Xception(layers.BNConvNet):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> ModelOutput:
     layers.check_input(x, self.MIN_INPUT_SIZE, 'xception')
-    bn = dict(bn_scale=self.bn_scale, bn_epsilon=self.bn_epsilon, bn_momentum=self.bn_momentum,
-              kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype, kernels=self.kernels)
-    conv = functools.partial(layers.ConvBN, **bn)
-    sep_conv = functools.partial(SeparableConvBN, mid_activation=MID_ACTIVATIONS[self.mid_activation], **bn)
+    conv = self.conv_factory()
+    sep_conv = self.conv_factory(SeparableConvBN, mid_activation=MID_ACTIVATIONS[self.mid_activation])
     x = x.astype(self.dtype or x.dtype)
 
     x = conv(32, 3, strides=2, padding='VALID', name='conv1')(x, train)
