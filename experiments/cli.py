@@ -1,6 +1,9 @@
-"""What the command-line tools share: absl flags, and bad input reported as one line with exit status 2.
+"""What the command-line tools share: absl flags, the training config on the command line, and bad input
+reported as one line with exit status 2.
 
-Each tool defines its flags at module level and ends with `cli.run(main)`. absl's own parser reports a bad
+Each tool defines its flags at module level and ends with `cli.run(main)`; a tool that trains a preset
+also calls `training_flags()` and parses with `parse_training` (`--config`, `--config.KEY=VALUE`,
+`--workdir`, the multi-host flags), then reads `config()` and `workdir()`. absl's own parser reports a bad
 flag over several lines with usage hints and exit status 1; here it is `error: ...` and status 2, as for
 any other bad input.
 """
@@ -82,6 +85,85 @@ def parse(argv: Sequence[str]) -> list[str]:
          + ' (--help lists the flags)')
   except flags.Error as e:
     fail(e)
+
+
+# --- the training config --------------------------------------------------------------------------------
+
+_TRAINING: dict = {}   # the parsed config and the keys the command line set (`parse_training`)
+
+
+def training_flags() -> None:
+  """Defines the flags of the tools that train a preset (once, whichever of them imports first)."""
+  if 'workdir' in flags.FLAGS:
+    return
+  flags.DEFINE_string('config', None, 'a preset of experiments/configs (NAME, or NAME:ARG) or a config file '
+                      '(PATH, or PATH:ARG); --config.KEY=VALUE sets any key of it')
+  flags.DEFINE_string('workdir', None, 'directory for checkpoints, logs and metrics')
+  flags.DEFINE_string('coordinator_address', None,
+                      'multi-host: host:port of process 0; with --num_processes and --process_id starts '
+                      'jax.distributed (on Cloud TPU and SLURM, --multihost alone lets JAX find them)')
+  flags.DEFINE_integer('num_processes', None, 'multi-host: number of processes')
+  flags.DEFINE_integer('process_id', None, 'multi-host: this process, 0..num_processes-1')
+  flags.DEFINE_bool('multihost', False, 'initialise jax.distributed from the environment')
+  flags.DEFINE_integer('heartbeat_timeout_s', 100, 'multi-host: seconds without news from a process before '
+                       'the others stop with an error (a process that died would otherwise leave them waiting)')
+
+
+def parse_training(argv: Sequence[str]) -> list[str]:
+  """`parse` for the tools that train a preset: `--config.KEY=VALUE` overrides are taken out of `argv` and
+  applied to the config `--config` names, each value read as its key's type; a bad preset, key or value
+  is one error line."""
+  texts, rest = {}, []
+  for a in argv:
+    if a.startswith('--config.'):
+      key, sep, text = a[len('--config.'):].partition('=')
+      if not sep:
+        fail(f'{a}: give a value, --config.{key}=VALUE')
+      texts[key] = text
+    else:
+      rest.append(a)
+  positional = parse(rest)
+  if not flags.FLAGS.config:
+    fail('--config is required: a preset (e.g. --config=v3:fashion_mnist) or a config file')
+  if len(positional) > 1:
+    fail(f'unexpected argument {positional[1]!r}; settings are flags (--config.KEY=VALUE)')
+  from experiments import configs
+  try:
+    config = configs.set_from_text(configs.load(flags.FLAGS.config), texts)
+  except ValueError as e:
+    fail(e)
+  config.lock()   # a mistyped key set later in code is an error too
+  _TRAINING.update(config=config, keys=set(texts))
+  return positional
+
+
+def config():
+  """The training config of the command line (after `parse_training`)."""
+  return _TRAINING['config']
+
+
+def config_keys() -> set[str]:
+  """The config keys the command line set (`--config.batch_size=8` -> 'batch_size')."""
+  return _TRAINING['keys']
+
+
+def workdir() -> str:
+  if not flags.FLAGS.workdir:
+    fail('--workdir is required: the directory for checkpoints, logs and metrics')
+  return flags.FLAGS.workdir
+
+
+def start_distributed() -> None:
+  """Joins the processes of a multi-host run (--coordinator_address/--num_processes/--process_id, or the
+  environment with --multihost); does nothing without them. CPU devices exchange data over gloo (TCP), so
+  N processes on one machine behave like N hosts."""
+  f = flags.FLAGS
+  if not (f.coordinator_address or f.multihost):
+    return
+  import jax
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id,
+                             heartbeat_timeout_seconds=f.heartbeat_timeout_s)
 
 
 def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None,

@@ -21,13 +21,13 @@ if __name__ == '__main__':  # first, before JAX and TensorFlow load: this may re
   malloc.restart_on_tcmalloc()
 
 import os
-import sys
 
 from absl import flags
 
-from experiments import cli, imagenet
+from experiments import cli
 from experiments.configs import base
 
+cli.training_flags()
 _EVERY = flags.DEFINE_integer('every', 20, 'measure every this many steps')
 _STEPS = flags.DEFINE_integer('steps', 0, 'a short run of this many steps on --dataset (0: the preset as is)')
 _DATASET = flags.DEFINE_string('dataset', 'fashion_mnist', 'dataset of the short run')
@@ -112,14 +112,12 @@ def compare(config, workdir: str, same_input_size: bool) -> None:
 def main(argv):
   del argv
   cli.enable_compilation_cache()
-  config, workdir = imagenet._CONFIG.value, imagenet.require_workdir()
+  config, workdir = cli.config(), cli.workdir()
   if _EVERY.value < 1:
     cli.fail(f'--every must be a positive number of steps, got {_EVERY.value}')
   with cli.training_errors():
     if _STEPS.value:
-      base.short_run(config, _STEPS.value, _DATASET.value, keep=imagenet.command_line_keys(sys.argv))
-    else:
-      imagenet._command_line_durations_win(config, sys.argv)
+      base.short_run(config, _STEPS.value, _DATASET.value, keep=cli.config_keys())
     if _COMPARE.value:
       compare(config, workdir, same_input_size=bool(_STEPS.value))
     else:
@@ -127,4 +125,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main, parser=imagenet.parse)
+  cli.run(main, parser=cli.parse_training)

@@ -2,7 +2,7 @@
 
 With glibc's malloc, XLA:CPU's step buffers (tens of MB each) are above the mmap threshold: each step
 maps them afresh and the kernel zeroes every page on first touch. tcmalloc keeps and reuses them, which
-made Inception-v3's 299 px train step a third faster on the CPU (README). A library chosen with
+made Inception-v3's 299 px train step a third faster on the CPU (docs/performance.md). A library chosen with
 LD_PRELOAD must be there when the process starts, so `restart_on_tcmalloc()` replaces the process with
 the same command line with the library preloaded. It is called first thing by the long-running tools,
 before they import JAX or TensorFlow, so the restart costs only the interpreter's start.

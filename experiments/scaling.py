@@ -32,7 +32,9 @@ import tempfile
 
 from absl import flags
 
-from experiments import cli, imagenet, op_profile
+from experiments import cli, op_profile
+
+cli.training_flags()
 
 _DEVICES = flags.DEFINE_list('devices', None, 'device counts (default: 1, 2, 4, ... up to all devices)')
 _MODE = flags.DEFINE_enum('mode', 'weak', ['weak', 'strong'],
@@ -161,10 +163,9 @@ def plot(records: list[dict], path: str) -> None:
 def main(argv):
   del argv
   import jax
-  if imagenet._COORDINATOR.value or imagenet._MULTIHOST.value:
-    imagenet.start_distributed()
-  config = imagenet._CONFIG.value
-  workdir = imagenet._WORKDIR.value
+  cli.start_distributed()
+  config = cli.config()
+  workdir = flags.FLAGS.workdir   # optional here: where the table and plot go
   try:
     from inception_jax import models
     info = models.model_info(config.model)
@@ -196,4 +197,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main, parser=imagenet.parse)
+  cli.run(main, parser=cli.parse_training)

@@ -16,11 +16,12 @@ if __name__ == '__main__':  # first, before JAX and TensorFlow load: this may re
 
 import json
 import os
-import sys
 
 from absl import flags
 
-from experiments import cli, imagenet
+from experiments import cli
+
+cli.training_flags()
 
 _SEEDS = flags.DEFINE_string('seeds', '3', 'a count N (seeds 0..N-1) or a comma-separated list of seeds')
 
@@ -33,9 +34,8 @@ def main(argv):
     chosen = study.parse_seeds(_SEEDS.value)
   except ValueError as e:
     cli.fail(e)
-  config, workdir = imagenet._CONFIG.value, imagenet.require_workdir()
+  config, workdir = cli.config(), cli.workdir()
   with cli.training_errors():  # TensorFlow loads with training: after the checks above
-    imagenet._command_line_durations_win(config, sys.argv)
     # One unnamed condition: seed s trains in DIR/seed_s/.
     one = study.Study(name='seeds', question='', conditions=(study.Condition('', config),),
                       seeds=tuple(chosen))
@@ -55,4 +55,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main, parser=imagenet.parse)
+  cli.run(main, parser=cli.parse_training)

@@ -3,6 +3,7 @@
     python -m experiments.study --study=aux_classifiers --workdir=DIR
     python -m experiments.study --study=aux_classifiers --workdir=DIR --scale=smoke
     python -m experiments.study --study=aux_classifiers --workdir=DIR --report_only   # from what has finished
+    python -m experiments.study --study=aux_classifiers --workdir=DIR --report_only --publish=docs/studies
 
 The studies are in experiments/studies/ (one file each: conditions, seeds, budgets, claims and their
 criteria). Run `DIR/<condition>/seed_<s>/` is a training run's workdir; the command resumes: finished runs
@@ -27,6 +28,8 @@ _SEEDS = flags.DEFINE_string('seeds', None, "the seeds (a count or a list; defau
 _CONDITIONS = flags.DEFINE_list('conditions', None, "conditions to run (default: all); the claims that "
                                 'compare other ones are left out')
 _DATA_DIR = flags.DEFINE_string('data_dir', '', "the dataset's files (default: where it is installed)")
+_PUBLISH = flags.DEFINE_string('publish', None, 'also copy the record (without the per-block gradient arrays) '
+                               'and the plots into this directory, for a docs page (e.g. docs/studies)')
 _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'train nothing: the record and report of the runs '
                                  'that have finished')
 
@@ -48,7 +51,10 @@ def main(argv):
   if not _REPORT_ONLY.value:
     with cli.training_errors():  # TensorFlow loads with training: after the checks above
       study_lib.run(study, _WORKDIR.value)
-  study_lib.write(study, _WORKDIR.value, machine=cli.machine_speed())
+  record = study_lib.write(study, _WORKDIR.value, machine=cli.machine_speed())
+  if _PUBLISH.value:
+    for path in study_lib.report.publish(record, _WORKDIR.value, _PUBLISH.value):
+      print(f'wrote {path}', flush=True)
   with open(os.path.join(_WORKDIR.value, study_lib.report.REPORT_FILE)) as f:
     print(f.read(), flush=True)
 

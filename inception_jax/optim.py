@@ -30,7 +30,7 @@ PyTree = Any
 Schedule = Callable[[jax.Array], jax.Array]
 ScalarOrSchedule = float | Schedule
 
-OPTIMIZERS = ('adamw', 'nesterov', 'rmsprop', 'sgd')
+OPTIMIZERS = ('adam', 'adamw', 'nesterov', 'rmsprop', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'staircase_exponential')
 
 
@@ -113,8 +113,16 @@ def decoupled_weight_decay(learning_rate: ScalarOrSchedule,
 
 
 def _update_rules() -> dict[str, Callable[..., optax.GradientTransformation]]:
+  # 'adamw' is Adam whose weight decay is always the decoupled one (`decays_decoupled`).
   return {'rmsprop': tf_rmsprop, 'sgd': sgd, 'nesterov': functools.partial(sgd, nesterov=True),
-          'adamw': optax.adam}
+          'adam': optax.adam, 'adamw': optax.adam}
+
+
+def decays_decoupled(name: str, decoupled: bool) -> bool:
+  """Whether weight decay is applied by the optimizer, decoupled from the gradient (`decoupled_weight_decay`),
+  rather than as an L2 term in the loss: always for 'adamw' (Loshchilov & Hutter's AdamW), else as the
+  config says. The loss and the optimizer both ask this, so the decay is applied exactly once."""
+  return decoupled or name == 'adamw'
 
 
 def create_optimizer(
@@ -132,7 +140,8 @@ def create_optimizer(
 
   Args:
     name: the update rule: 'rmsprop' (TF-RMSProp, `tf_rmsprop`), 'sgd', 'nesterov' (`sgd` with Nesterov
-      momentum) or 'adamw' (`optax.adam`; its decay is the decoupled one below).
+      momentum), 'adam' (`optax.adam`; weight decay in the loss unless `decoupled`) or 'adamw' (Adam with
+      the decoupled decay below, always).
     schedule: the learning rate, a float or a schedule (see `create_schedule`).
     clip_norm: if set, gradients are first clipped to this global norm (Rethinking clips at 2.0), before
       any optimizer state sees them.
@@ -140,12 +149,12 @@ def create_optimizer(
       (`losses.l2_weight_decay`) and the optimizer ignores this value. Decoupled values are on a different
       scale from L2 weights (AdamW's are typically ~1e-2 to 1e-1, not 4e-5).
     decoupled: apply `weight_decay` as decoupled decay (`decoupled_weight_decay`) to conv and dense
-      kernels only (`losses.decay_mask`).
+      kernels only (`losses.decay_mask`); 'adamw' always does.
     params: optional params tree; when given, the decay mask is computed from it now instead of lazily
       at `init`, which also checks the tree has kernels to decay.
     kernels: how the clipping norm is summed (`inception_jax.kernels`; the same value either way).
     **kwargs: the update rule's own settings, passed through (a config's `optimizer_kwargs[name]`), e.g.
-      `decay`, `epsilon`, `momentum` for 'rmsprop'; `momentum` for 'sgd'; `b1`, `b2`, `eps` for 'adamw'.
+      `decay`, `epsilon`, `momentum` for 'rmsprop'; `momentum` for 'sgd'; `b1`, `b2`, `eps` for 'adam' and 'adamw'.
 
   Returns:
     An optax GradientTransformation. With decoupled decay, `update` must be given the params.
@@ -167,7 +176,7 @@ def create_optimizer(
   if clip_norm is not None:
     chain.append(kernels_lib.get(kernels).clip_by_global_norm(clip_norm))
   chain.append(base)
-  if decoupled and weight_decay > 0:
+  if decays_decoupled(name, decoupled) and weight_decay > 0:
     mask = losses.decay_mask
     if params is not None:
       mask = losses.decay_mask(params)

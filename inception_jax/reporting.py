@@ -54,15 +54,14 @@ class Reporter:
       self.jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
       self.jsonl.flush()
 
-  def progress(self, step: int, loss: float, lr: float) -> float:
-    """Prints one console line (step, loss, lr, img/s, ETA); returns images per second since start."""
+  def progress(self, step: int, loss: float, lr: float) -> None:
+    """Prints one console line: step, loss, lr, images per second since the run (re)started, ETA."""
     elapsed = time.perf_counter() - self._t0
     done = step - self._step0
     rate = done * self.global_batch / max(elapsed, 1e-9)
     eta = (self.total_steps - step) * elapsed / max(done, 1)
     print(f'step {step:>7}/{self.total_steps}  loss {loss:.4f}  lr {lr:.3g}  {rate:,.1f} img/s  '
           f'ETA {_duration(eta)}', flush=True)
-    return rate
 
   def close(self) -> None:
     if self.writer:

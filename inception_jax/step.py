@@ -98,7 +98,8 @@ def nonfinite_quantities(params: PyTree) -> list[str]:
 def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict) -> Callable:
   """`loss_fn(params, batch_stats, batch, rng) -> (loss, (parts, new batch_stats, logits))`: the training
   loss of one batch, differentiated with respect to `params` (rematerialised as `config.remat` says)."""
-  weight_decay_in_loss = 0.0 if config.decoupled_weight_decay else config.weight_decay
+  decoupled = optim.decays_decoupled(config.optimizer, config.decoupled_weight_decay)
+  weight_decay_in_loss = 0.0 if decoupled else config.weight_decay
 
   def loss_fn(params, batch_stats, batch, rng):
     out, updates = model.apply({'params': params, 'batch_stats': batch_stats}, batch['image'],

@@ -347,7 +347,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   notice = PreemptionNotice()
   skip, skipped = config.skip_nonfinite_steps, 0
   last_checkpoint = start or None
-  window_start, input_wait, window = time.perf_counter(), 0.0, None
+  window_start, window_step, input_wait, window = time.perf_counter(), start, 0.0, None
   try:
     for step in range(start + 1, total_steps + 1):
       waiting = time.perf_counter()
@@ -369,10 +369,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         logged = {k: v / count if count else float('nan') for k, v in sums.items()}
         logged['learning_rate'] = float(metrics['learning_rate'])
         window = None
-        rate = reporter.progress(step, logged['loss'], logged['learning_rate'])
-        # The share of the window's wall time the loop spent waiting for its next batch.
+        reporter.progress(step, logged['loss'], logged['learning_rate'])
+        # The window's images per second (the first window's include compiling the step) and the share
+        # of its wall time the loop spent waiting for its next batch.
         now = time.perf_counter()
-        waited, window_start, input_wait = input_wait / max(now - window_start, 1e-9), now, 0.0
+        seconds = max(now - window_start, 1e-9)
+        rate, waited = (step - window_step) * config.batch_size / seconds, input_wait / seconds
+        window_start, window_step, input_wait = now, step, 0.0
         reporter.scalars(step, {**{f'train/{k}': v for k, v in logged.items()}, 'train/images_per_sec': rate,
                                 'train/nonfinite_steps': skipped, 'train/input_wait': waited})
       if notice.reached(step):

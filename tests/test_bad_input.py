@@ -72,7 +72,7 @@ CASES = {
     'num_classes differs from the dataset': (
         train_cli(num_classes=5), 'fashion_mnist has 10 classes but num_classes is 5', 'set num_classes=10'),
     'unknown optimizer': (train_cli(optimizer='adagrad'), "unknown optimizer 'adagrad'",
-                          'valid names: adamw, nesterov, rmsprop, sgd'),
+                          'valid names: adam, adamw, nesterov, rmsprop, sgd'),
     'unknown learning-rate schedule': (
         train_cli(schedule='linear'), "unknown learning-rate schedule 'linear'",
         'valid kinds: constant, cosine, staircase_exponential'),

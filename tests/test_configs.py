@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import imagenet
+from experiments import configs
 from experiments.configs import base
 from inception_jax import models, train
 from inception_jax import step as step_lib
@@ -122,16 +122,27 @@ def test_googlenet_recipes():
 
 
 def test_a_duration_on_the_command_line_replaces_the_presets_other_unit():
-  c = load('v3')
-  c.total_steps = 1000  # what --config.total_steps=1000 does; the preset's total_epochs is still set
-  imagenet._command_line_durations_win(c, ['prog', '--config=v3', '--config.total_steps=1000'])
+  c = configs.set_from_text(load('v3'), {'total_steps': '1000'})   # --config.total_steps=1000
   assert c.total_epochs is None and train.duration_steps('total', c, steps_per_epoch=5000) == 1000
   c = load('v3', 'fashion_mnist')
   preset_checkpoint_every = c.checkpoint_every_steps
-  c.total_epochs = 2.0
-  imagenet._command_line_durations_win(c, ['prog', '--config.total_epochs=2', '--config.eval_every_steps=9'])
+  configs.set_from_text(c, {'total_epochs': '2', 'eval_every_steps': '9'})
   assert c.total_steps is None and train.duration_steps('total', c, steps_per_epoch=100) == 200
   assert c.checkpoint_every_steps == preset_checkpoint_every  # not named on the command line: untouched
+
+
+def test_command_line_values_are_read_as_their_keys_types():
+  c = configs.set_from_text(load('v3'), {
+      'batch_size': '8', 'bn_per_device': 'true', 'augment.area_range': '(0.5, 1.0)', 'eval_crop_pct': '1',
+      'model_overrides.dropout_rate': '0.0', 'warmup_epochs': 'None', 'dataset': 'imagefolder:/data'})
+  assert (c.batch_size, c.bn_per_device, c.augment.area_range, c.eval_crop_pct) == (8, True, (0.5, 1.0), 1.0)
+  assert (c.model_overrides.dropout_rate, c.warmup_epochs, c.dataset) == (0.0, None, 'imagefolder:/data')
+  for texts, message in (({'batch_size': 'eight'}, "batch_size must be an integer, got 'eight'"),
+                         ({'augment.flip': 'maybe'}, "augment.flip must be True or False, got 'maybe'"),
+                         ({'augment': '1'}, 'augment is a group of keys'),
+                         ({'batch_sise': '8'}, "unknown config key 'batch_sise'; did you mean 'batch_size'?")):
+    with pytest.raises(ValueError, match=message):
+      configs.set_from_text(load('v3'), texts)
 
 
 def test_base_holds_every_key_presets_set():

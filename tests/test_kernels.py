@@ -2,6 +2,7 @@
 backend; both compute the same training step."""
 
 import collections
+import json
 
 import flax.linen as nn
 import jax
@@ -130,3 +131,16 @@ def test_lax_and_cpu_give_the_same_training_step_in_float64():
                  tuned_metrics)
     # Not the same by construction: the two settings ran different programs.
     assert stock_metrics.keys() == tuned_metrics.keys()
+
+
+@pytest.mark.slow
+def test_the_float32_gradient_error_tool_measures_against_float64():
+  from conftest import run_module
+  result = run_module('experiments.grad_precision', '--model=lenet', '--size=28', '--batch=4')
+  assert result.returncode == 0, result.stderr[-2000:]
+  record = json.loads(result.stdout.strip().splitlines()[-1])
+  for setting in ('lax', 'cpu'):
+    errors = record[setting]
+    # Rounding, not a float64 gradient compared with itself, and no more than float32 rounding on LeNet.
+    assert 0 < errors['median_array'] <= errors['max_array'] < 1e-5
+    assert 0 < errors['whole'] < 1e-5

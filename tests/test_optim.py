@@ -67,18 +67,18 @@ def test_sgd_and_nesterov_follow_tf_momentum():
 
 
 def test_unknown_optimizer_lists_valid_names():
-  with pytest.raises(ValueError, match='adamw, nesterov, rmsprop, sgd'):
-    optim.create_optimizer('adam', 0.1)
+  with pytest.raises(ValueError, match="unknown optimizer 'adagrad'; valid names: adam, adamw, nesterov, rmsprop, sgd"):
+    optim.create_optimizer('adagrad', 0.1)
 
 
 def test_an_update_rules_settings_pass_through_and_a_wrong_one_is_named():
   # Against optax's Adam built with the same b2, and against the default b2 (so the setting took effect).
   grads = [np.array([1.0, -2.0]), np.array([3.0, 0.5])]
-  ours = _run(optim.create_optimizer('adamw', 0.1, b2=0.5), np.zeros(2), grads)
+  ours = _run(optim.create_optimizer('adam', 0.1, b2=0.5), np.zeros(2), grads)
   np.testing.assert_allclose(ours, _run(optax.adam(0.1, b2=0.5), np.zeros(2), grads), rtol=1e-6)
   assert np.abs(ours - _run(optax.adam(0.1), np.zeros(2), grads)).max() > 1e-3
-  with pytest.raises(ValueError, match="adamw has no setting 'decay'; its settings: b1, b2, eps"):
-    optim.create_optimizer('adamw', 0.1, decay=0.9)
+  with pytest.raises(ValueError, match="adam has no setting 'decay'; its settings: b1, b2, eps"):
+    optim.create_optimizer('adam', 0.1, decay=0.9)
 
 
 def test_a_config_setting_reaches_the_update_rule():
@@ -115,7 +115,7 @@ PARAMS = {
 }
 
 
-@pytest.mark.parametrize('name', ['sgd', 'rmsprop', 'adamw'])
+@pytest.mark.parametrize('name', ['sgd', 'rmsprop', 'adam'])
 def test_decoupled_weight_decay_touches_only_kernels(name):
   zeros = jax.tree.map(jnp.zeros_like, PARAMS)
   for params in (None, PARAMS):
@@ -127,14 +127,37 @@ def test_decoupled_weight_decay_touches_only_kernels(name):
       assert float(jnp.abs(updates[path[0]][path[1]]).sum()) == 0.0
 
 
-def test_decoupled_adamw_equals_optax_adamw_with_kernel_mask():
+@pytest.mark.parametrize('name,decoupled', [('adamw', False), ('adamw', True), ('adam', True)])
+def test_adamw_is_adam_with_decoupled_decay_as_optax_builds_it(name, decoupled):
+  """'adamw' decays decoupled whatever the config's switch; 'adam' does when the switch asks."""
   grads = jax.tree.map(lambda p: 0.3 * p - 1.0, PARAMS)
   mask = {'conv': {'kernel': True, 'bias': False}, 'bn': {'scale': False, 'bias': False}}
-  ours = optim.create_optimizer('adamw', 1e-2, weight_decay=0.05, decoupled=True)
+  ours = optim.create_optimizer(name, 1e-2, weight_decay=0.05, decoupled=decoupled)
   ref = optax.adamw(1e-2, weight_decay=0.05, mask=mask)
   got, _ = ours.update(grads, ours.init(PARAMS), PARAMS)
   want, _ = ref.update(grads, ref.init(PARAMS), PARAMS)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, want)
+
+
+def test_the_loss_carries_l2_decay_exactly_when_the_optimizer_does_not_decay():
+  from experiments.configs import base
+  from inception_jax import losses
+  from inception_jax import step as step_lib
+  from tiny_config import TinyInception
+  model = TinyInception(num_classes=3)
+  x = jnp.ones((2, 8, 8, 3))
+  variables = model.init({'params': jax.random.key(0), 'dropout': jax.random.key(0)}, x, train=True)
+  batch = {'image': x, 'label': jnp.array([0, 1])}
+  for name, decoupled, in_loss in (('adam', False, True), ('adam', True, False), ('adamw', False, False),
+                                   ('sgd', False, True)):
+    c = base.get_config()
+    c.optimizer, c.decoupled_weight_decay, c.weight_decay, c.label_smoothing = name, decoupled, 0.1, 0.0
+    _, (parts, _, _) = step_lib.make_loss_fn(model, c)(variables['params'], variables['batch_stats'], batch,
+                                                       jax.random.key(1))
+    assert ('weight_decay' in parts) == in_loss, (name, decoupled)
+    if in_loss:
+      assert float(parts['weight_decay']) == pytest.approx(
+          float(losses.l2_weight_decay(variables['params'], 0.1)), rel=1e-6)
 
 
 def test_coupled_weight_decay_is_left_to_the_loss():

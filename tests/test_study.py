@@ -211,6 +211,13 @@ def test_the_record_and_report_hold_every_run_and_the_verdicts_computed_from_the
   assert '| `good_beats_bad` | folklore |' in text and '**reproduced**' in text
   assert '89.00 [88.00 – 90.00]' in text and 'a test machine' in text
   assert (tmp_path / 'curves.png').stat().st_size > 10_000
+  # What a docs page cites: the record without the probe's arrays (still enough to recompute the verdicts)
+  # and the plots.
+  written = report.publish(record, str(tmp_path), str(tmp_path / 'docs'))
+  assert sorted(os.path.basename(p) for p in written) == ['toy.json', 'toy_curves.png']
+  published = json.load(open(tmp_path / 'docs' / 'toy.json'))
+  assert 'gradients' not in published['conditions'][0]['runs']['0']
+  assert report.verdicts_from_record(published, s) == record['claims']
   # A study with a run missing reports it and does not count it.
   os.remove(tmp_path / 'bad' / 'seed_0' / 'result.json')
   record = study.write(s, str(tmp_path))

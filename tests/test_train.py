@@ -2,6 +2,7 @@
 
 import functools
 import json
+import time
 import os
 import re
 
@@ -70,6 +71,23 @@ def test_logged_train_metrics_are_means_over_the_logging_window(tmp_path, fashio
     # The two steps differ, so a mean is not a last value; the learning rate is the step's own.
     assert logged[1][step - 1]['train/loss'] != logged[1][step]['train/loss']
     assert logged[2][step]['train/learning_rate'] == logged[1][step]['train/learning_rate']
+
+
+def test_images_per_second_is_the_logging_windows_own(tmp_path, fashion_dir):
+  """A pause before step 3 shows in step 3's window alone: step 4's rate is not dragged down by it, nor by
+  the compilation in the first window (a rate since the start of the run would be)."""
+  pause = 0.6
+
+  def make_probe(model, spec):
+    return lambda step, state, batch: time.sleep(pause) if step == 2 else None
+
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny_config(fashion_dir, log_every_steps=1), workdir, make_probe)
+  rate = {r['step']: r['train/images_per_sec'] for r in read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+          if 'train/loss' in r}
+  paused = 8 / pause   # batch 8
+  assert rate[3] < paused < rate[4]
+  assert rate[1] < rate[4]   # the first window compiles the step
 
 
 def test_the_callers_config_is_left_as_it_was(tmp_path, fashion_dir):

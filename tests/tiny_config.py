@@ -48,7 +48,7 @@ def tiny_config(data_dir, **overrides):
   c.eval_every_epochs = None
   c.total_steps = 4
   c.log_every_steps = 1
-  c.optimizer = 'adamw'
+  c.optimizer = 'adam'
   c.learning_rate = 1e-3
   c.schedule = 'constant'
   c.clip_norm = 0.0

@@ -62,18 +62,19 @@ def get_config() -> ml_collections.ConfigDict:
   c.total_epochs, c.log_every_steps, c.eval_every_epochs, c.checkpoint_every_steps = 100.0, 100, 1.0, 2000
 
   # Optimisation.
-  c.optimizer = 'rmsprop'    # rmsprop (TF's), sgd, nesterov, adamw
+  c.optimizer = 'rmsprop'    # rmsprop (TF's), sgd, nesterov, adam, adamw (Adam, decay always decoupled)
   c.learning_rate = 0.045
   c.lr_reference_batch = placeholder(int)  # set: learning_rate * batch_size / lr_reference_batch
   c.schedule = 'staircase_exponential'     # or cosine, constant
   c.decay_rate = 0.94
   c.decay_epochs = 2.0
   # Each update rule's own settings, passed through to it (`optim.create_optimizer`): a new one is a line
-  # here, and `--config.optimizer_kwargs.adamw.b2=0.99` sets one from the command line.
+  # here, and `--config.optimizer_kwargs.adam.b2=0.99` sets one from the command line.
   c.optimizer_kwargs = {
       'rmsprop': {'decay': 0.9, 'epsilon': 1.0, 'momentum': 0.9},   # TF1's RMSProp: ε inside the root
       'sgd': {'momentum': 0.9},
       'nesterov': {'momentum': 0.9},
+      'adam': {'b1': 0.9, 'b2': 0.999, 'eps': 1e-8},
       'adamw': {'b1': 0.9, 'b2': 0.999, 'eps': 1e-8},
   }
   c.clip_norm = 2.0          # global-norm clipping; 0 turns it off

@@ -342,6 +342,30 @@ def plot_gradients(record: dict, path: str) -> str | None:
   return path
 
 
+def slim(record: dict) -> dict:
+  """The record without the probe's per-block arrays (what a page that cites the study keeps: every run's
+  curves, metrics and measures, and the verdicts)."""
+  conditions = [{**c, 'runs': {s: {k: v for k, v in run.items() if k != 'gradients'} for s, run in c['runs'].items()}}
+                for c in record['conditions']]
+  return {**record, 'conditions': conditions}
+
+
+def publish(record: dict, workdir: str, directory: str) -> list[str]:
+  """Copies what a docs page cites into `directory`: `<study>.json` (`slim`) and the plots as
+  `<study>_<plot>.png`. Returns the paths written."""
+  import shutil
+  os.makedirs(directory, exist_ok=True)
+  name = record['study']
+  written = [os.path.join(directory, f'{name}.json')]
+  with open(written[0], 'w') as f:
+    json.dump(slim(record), f, indent=1)
+  for plot in ('curves.png', 'gradients.png'):
+    if os.path.exists(os.path.join(workdir, plot)):
+      written.append(os.path.join(directory, f'{name}_{plot}'))
+      shutil.copyfile(os.path.join(workdir, plot), written[-1])
+  return written
+
+
 def write(study: runner.Study, workdir: str, machine: str = '') -> dict:
   """Writes `workdir/study.json`, `workdir/report.md` and its plots; returns the record."""
   record = collect(study, workdir, machine)
