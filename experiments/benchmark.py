@@ -57,12 +57,15 @@ _MAX_BATCH_RESOLUTION = flags.DEFINE_integer(
 _PROFILE = flags.DEFINE_string('profile', None,
                                'also trace a few train steps into this directory and break the step down op '
                                'by op (DIR/ops.md, DIR/ops.json; experiments/op_profile.py)')
-_KERNELS = flags.DEFINE_enum('kernels', 'auto', ['auto', 'lax', 'cpu'],
+_KERNELS = flags.DEFINE_enum('kernels', 'auto', ['auto', 'lax', 'cpu', 'gpu'],
                              'how convolutions, pools and BN are computed (config key kernels): lax is stock '
-                             'flax/optax/lax, cpu the XLA:CPU formulations, auto cpu on the CPU only')
+                             'flax/optax/lax, cpu the XLA:CPU formulations, gpu lax with BatchNorm in the compute '
+                             'dtype, auto cpu on the CPU only')
 _EXECUTABLE_CACHE = flags.DEFINE_bool(
     'executable_cache', True, "with the cache on, also keep the whole compiled train step in its executables/ "
     "(found without tracing); --noexecutable_cache leaves JAX's own cache alone")
+_DONATE = flags.DEFINE_bool('donate', True, 'the train step writes the new state into the old one\'s buffers '
+                            '(config key donate_state); --nodonate measures what that saves')
 _JSON = flags.DEFINE_bool('json', False, 'end with one JSON line')
 
 
@@ -127,6 +130,7 @@ def main(argv: list[str]) -> int:
     cli.fail(f'--profile={profile} is a file; give a directory (made if missing) for the trace and tables')
   c.remat = _REMAT.value
   c.kernels = _KERNELS.value
+  c.donate_state = _DONATE.value
   cache = cli.enable_compilation_cache()
   if _MAX_BATCH.value:
     return report_largest_batch(c)
@@ -147,8 +151,9 @@ def main(argv: list[str]) -> int:
     result.update(flops_per_step=flops, peak_memory_bytes=None, cache_hits=None, executable_loaded=None)
   record = {
       'model': c.model, 'peer': peer, 'batch': c.batch_size, 'size': c.image_size, 'dtype': c.dtype,
-      'aux': bool(c.aux_logits), 'remat': c.remat, 'kernels': kernels.resolve(c.kernels),
+      'aux': bool(c.aux_logits), 'remat': c.remat, 'kernels': kernels.resolve(c.kernels), 'donate': c.donate_state,
       'devices': jax.device_count(), 'platform': jax.devices()[0].platform,
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'device_kind': jax.devices()[0].device_kind,
       'train_images_per_sec': c.batch_size / result['step_s'],
       'infer_images_per_sec': c.batch_size / result['infer_s'],
@@ -162,9 +167,13 @@ def main(argv: list[str]) -> int:
   }
   if profile:
     from experiments import op_profile
-    rows = op_profile.profile_table(result['compiled'].as_text(), profile, step_timing.PROFILED_STEPS)
-    op_profile.write(rows, profile)
+    hlo = result['compiled'].as_text()
+    rows = op_profile.profile_table(hlo, profile, step_timing.PROFILED_STEPS)
+    breakdown = op_profile.step_breakdown(hlo, profile, step_timing.PROFILED_STEPS)
+    op_profile.write(rows, profile, breakdown)
     record['ms_per_step_by_kind'] = {k: v['total'] for k, v in op_profile.by_category(rows).items()}
+    record['breakdown'] = breakdown
+    print(op_profile.breakdown_markdown(breakdown), flush=True)
     print(op_profile.markdown(rows, top=10), flush=True)
     print(f'profile: {profile} (ops.md, ops.json, and the trace for TensorBoard or Perfetto)', flush=True)
   who = f'{peer} ' if peer else ''

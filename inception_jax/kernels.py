@@ -6,6 +6,9 @@ are computed.
   get.
 - `cpu`: the formulations of `inception_jax.xla_cpu`, which XLA:CPU runs and compiles faster (the
   benchmark's `--kernels` flag measures the difference).
+- `gpu`: `lax`, but a BatchNorm whose normalisation runs in the compute dtype (`inception_jax.xla_gpu`): a
+  bfloat16 network's activations stay bfloat16 outside the statistics. A lever for accelerators, measured
+  against `lax` by the accelerator check before `auto` may pick it.
 - `auto` (the default): `cpu` on the CPU backend, `lax` on any other.
 
 Both compute the same function with the same parameters (tested against each other in float64), so a
@@ -26,9 +29,9 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from inception_jax import xla_cpu
+from inception_jax import xla_cpu, xla_gpu
 
-KERNELS = ('auto', 'lax', 'cpu')
+KERNELS = ('auto', 'lax', 'cpu', 'gpu')
 
 
 def _squared_norms(tree: Any) -> jax.Array:
@@ -64,17 +67,20 @@ LAX = Kernels('lax', lax.conv_general_dilated, xla_cpu.reduce_window_max, nn.Bat
               optax.clip_by_global_norm)
 CPU = Kernels('cpu', xla_cpu.conv_general_dilated, xla_cpu.max_pool, xla_cpu.BatchNorm, xla_cpu.squared_norms,
               xla_cpu.clip_by_global_norm)
+GPU = dataclasses.replace(LAX, name='gpu', batch_norm=xla_gpu.BatchNorm)
+_BY_NAME = {'lax': LAX, 'cpu': CPU, 'gpu': GPU}
 
 
 def check(kernels: str) -> str:
   """`kernels`, or one clear error naming the valid settings."""
   if kernels not in KERNELS:
-    raise ValueError(f"kernels must be 'auto', 'lax' or 'cpu', got {kernels!r}")
+    raise ValueError(f"kernels must be 'auto', 'lax', 'cpu' or 'gpu', got {kernels!r}")
   return kernels
 
 
 def resolve(kernels: str) -> str:
-  """'lax' or 'cpu': `auto` becomes `cpu` on the CPU backend (jax's default backend now), `lax` elsewhere."""
+  """'lax', 'cpu' or 'gpu': `auto` becomes `cpu` on the CPU backend (jax's default backend now), `lax`
+  elsewhere."""
   if check(kernels) == 'auto':
     return 'cpu' if jax.default_backend() == 'cpu' else 'lax'
   return kernels
@@ -82,4 +88,4 @@ def resolve(kernels: str) -> str:
 
 def get(kernels: str) -> Kernels:
   """The implementations of a setting ('auto' resolved now)."""
-  return CPU if resolve(kernels) == 'cpu' else LAX
+  return _BY_NAME[resolve(kernels)]

@@ -252,7 +252,8 @@ class JittedSteps:
     else:
       step = make_train_step(model, tx, schedule, config, spec=spec)
     self.train_step = jax.jit(step, in_shardings=(self.replicated, self.sharded, self.replicated),
-                              out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
+                              out_shardings=(self.replicated, self.replicated),
+                              donate_argnums=(0,) if config.get('donate_state', True) else ())
     self.eval_step = jax.jit(make_eval_step(model, spec=spec),
                              in_shardings=(self.replicated,) * 2 + (self.sharded,), out_shardings=self.replicated)
     self.init = jax.jit(functools.partial(init_state, model, tx, image_size=config.image_size,

@@ -4,6 +4,7 @@
 #
 #   bash scripts/accelerator_check.sh            # on a GPU or TPU host (detected; or say `gpu` / `tpu`)
 #   bash scripts/accelerator_check.sh --dry_run  # the same sequence on the CPU with tiny settings (2-3 min)
+#   bash scripts/accelerator_check.sh --levers   # instead: one row per performance lever (below)
 #   PYTHON=python3 bash scripts/accelerator_check.sh --installed
 #                                                # with the host's own Python and accelerator jax, installing
 #                                                # nothing (an image without a package index); it needs jax,
@@ -14,7 +15,11 @@
 # version requirements.txt pins), then prints one JSON line per run, in this order, each with "check"
 # naming it and "batch", "kernels" (as resolved), "remat" and, where it applies, "train_images_per_sec"
 # and "mfu":
-#   train_bf16            train img/s and MFU at batch 128 and 256 (kernels=auto; experiments.benchmark)
+#   train_bf16            train img/s and MFU at batch 128 and 256 (kernels=auto; experiments.benchmark);
+#                         the 256 run also traces three steps and adds "breakdown": the step's time by kind
+#                         of work (the convolutions' forward pass and two backward products, BatchNorm and
+#                         other fusions, layout changes, the optimizer update, the device's idle gaps) and
+#                         the 15 longest kernels (experiments/op_profile.py)
 #   train_bf16_lax        the same with kernels=lax named; where auto already resolved to lax (any host but
 #                         a CPU) train_bf16's record is repeated with "same_as": "train_bf16", not run again
 #   synthetic_loop        50 steps of `experiments.imagenet --config=v3 --config.dataset=synthetic` at
@@ -22,6 +27,11 @@
 #                         out), its MFU from train_bf16's FLOPs per step, and the share spent waiting
 #   max_batch             the largest batch whose train step fits (to within 64 images), without and
 #                         with remat=blocks
+# With --levers it prints instead, at batch 256, one "lever_*" row per change against the same run's
+# "lever_baseline", most promising first, and last a "levers_vs_baseline" line (each row's images/s over
+# the baseline's):
+# kernels=gpu (BatchNorm in bfloat16), XLA without command buffers, XLA without autotuning, batch 512 with
+# and without remat, batch 384, no buffer donation; rows the budget leaves out say so.
 # A run that fails, passes its time limit or finds the budget spent prints {"check": ..., "error": ...,
 # "command": ...} and the script goes on; ACCELERATOR_CHECK_LOG=FILE keeps every run's stderr there. The dry run skips the installs and uses LeNet at 28 px, batches
 # 8 and 16, two steps, a 6 MB device for the largest-batch search: it tests the script, not the models.
@@ -30,13 +40,15 @@ cd "$(dirname "$0")/.."
 
 dry_run=0
 installed=0
+levers=0
 kind=''
 for arg in "$@"; do
   case "$arg" in
     --dry_run) dry_run=1 ;;
     --installed) installed=1 ;;
+    --levers) levers=1 ;;
     gpu|tpu) kind="$arg" ;;
-    *) echo "error: unknown argument '$arg'; valid: --dry_run, --installed, gpu, tpu" >&2; exit 2 ;;
+    *) echo "error: unknown argument '$arg'; valid: --dry_run, --installed, --levers, gpu, tpu" >&2; exit 2 ;;
   esac
 done
 
@@ -111,8 +123,37 @@ PY
 
 bench=("$python" -m experiments.benchmark --model="$model" --size="$size" --dtype=bfloat16 --steps="$steps"
        --warmup="$warmup" --json)
+big=${batches[-1]}
+
+if [ "$levers" = 1 ]; then
+  report lever_baseline "${bench[@]}" --batch="$big"
+  report lever_kernels_gpu "${bench[@]}" --batch="$big" --kernels=gpu
+  report lever_no_command_buffer env XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" \
+    "${bench[@]}" --batch="$big"
+  report lever_no_autotuning env XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" "${bench[@]}" --batch="$big"
+  report lever_batch_2x "${bench[@]}" --batch=$((big * 2))
+  report lever_batch_2x_remat "${bench[@]}" --batch=$((big * 2)) --remat="$remat"
+  report lever_batch_1.5x "${bench[@]}" --batch=$((big * 3 / 2))
+  report lever_no_donation "${bench[@]}" --batch="$big" --nodonate
+  # Last, every row against the baseline of this run (the same host, the same hour): images/s over the
+  # baseline's, null where a row or the baseline did not run.
+  "$python" - "$records" <<'PY'
+import json, sys
+records = [json.loads(line) for line in open(sys.argv[1])]
+base = next((r for r in records if r['check'] == 'lever_baseline' and 'error' not in r), None)
+print(json.dumps({'check': 'levers_vs_baseline', 'baseline_images_per_sec': base and base['train_images_per_sec'],
+                  **{r['check']: (r['train_images_per_sec'] / base['train_images_per_sec']
+                                  if base and 'error' not in r else None)
+                     for r in records if r['check'] != 'lever_baseline'}}))
+PY
+  exit 0
+fi
+
 for batch in "${batches[@]}"; do
-  report train_bf16 "${bench[@]}" --batch="$batch"
+  # The larger batch is also profiled (after its timed steps): where its step's time goes.
+  profile=()
+  [ "$batch" = "$big" ] && profile=(--profile="$workdir/profile")
+  report train_bf16 "${bench[@]}" --batch="$batch" "${profile[@]}"
 done
 for batch in "${batches[@]}"; do
   # Off the CPU, auto is lax: the run would repeat train_bf16's to the compiled program.
@@ -141,10 +182,9 @@ import json, sys
 run, batch, records = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 config = json.load(open(f'{run}/config.json'))
 logged = [r for r in map(json.loads, open(f'{run}/metrics.jsonl')) if 'train/images_per_sec' in r]
-# Each record's rate is over all steps so far; two of them give the time between them.
-(a, b) = logged[-2:]
-seconds = b['step'] * batch / b['train/images_per_sec'] - a['step'] * batch / a['train/images_per_sec']
-rate = (b['step'] - a['step']) * batch / seconds
+# Each record's rate is its logging window's: the last window's leaves compilation out.
+b = logged[-1]
+rate = b['train/images_per_sec']
 # The benchmark's step at this batch (same model, size, dtype and kernels setting) gives FLOPs and peak, and
 # what kernels=auto resolved to on this host.
 bench = [r for r in map(json.loads, open(records)) if r.get('check') == 'train_bf16' and r.get('batch') == batch

@@ -40,9 +40,35 @@ def test_the_dry_run_prints_every_check_as_one_json_line_without_tensorflow(tmp_
     assert r['train_images_per_sec'] > 0 and 0 < r['mfu'] < 1, r
   assert [r['batch'] for r in records[:5]] == [8, 16, 8, 16, 8]
   assert [r['kernels'] for r in records[:5]] == ['cpu', 'cpu', 'lax', 'lax', 'cpu']   # auto is cpu here
+  # The larger batch's run is profiled: where its step goes, by kind of work and by kernel.
+  breakdown = records[1]['breakdown']
+  assert breakdown['step_ms'] > 0 and 0 <= breakdown['idle_ms'] < breakdown['step_ms']
+  assert breakdown['work'] and all(ms > 0 for ms in breakdown['work'].values())
+  assert 0 < len(breakdown['top_kernels']) <= 15 and 'breakdown' not in records[0]
   loop = records[4]
   assert loop['steps'] == 4 and loop['size'] == 28 and 0 <= loop['input_wait'] <= 1
   assert [r['remat'] for r in records[5:]] == ['', 'dots'] and all(r['max_batch'] >= 16 for r in records[5:])
+
+
+@pytest.mark.slow
+def test_the_levers_dry_run_prints_a_row_per_lever_against_its_baseline(tmp_path):
+  env = dict(os.environ, PYTHON=sys.executable, JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'cache'))
+  result = subprocess.run(['bash', 'scripts/accelerator_check.sh', '--dry_run', '--levers'], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  records = [json.loads(line) for line in result.stdout.splitlines()]
+  levers = ['lever_baseline', 'lever_kernels_gpu', 'lever_no_command_buffer', 'lever_no_autotuning',
+            'lever_batch_2x', 'lever_batch_2x_remat', 'lever_batch_1.5x', 'lever_no_donation']
+  assert [r['check'] for r in records] == levers + ['levers_vs_baseline'], result.stdout
+  assert not [r for r in records if 'error' in r], records
+  by = {r['check']: r for r in records}
+  assert [by[c]['batch'] for c in levers] == [16, 16, 16, 16, 32, 32, 24, 16]
+  assert by['lever_kernels_gpu']['kernels'] == 'gpu' and by['lever_baseline']['kernels'] == 'cpu'
+  assert '--xla_gpu_enable_command_buffer=' in by['lever_no_command_buffer']['xla_flags']
+  assert by['lever_batch_2x_remat']['remat'] == 'dots' and by['lever_no_donation']['donate'] is False
+  summary = by['levers_vs_baseline']
+  for c in levers[1:]:
+    assert summary[c] == pytest.approx(by[c]['train_images_per_sec'] / by['lever_baseline']['train_images_per_sec'])
 
 
 def test_a_spent_budget_skips_the_runs_with_one_error_line_each():
@@ -60,7 +86,8 @@ def test_an_unknown_argument_is_one_error_line():
   result = subprocess.run(['bash', 'scripts/accelerator_check.sh', '--fast'], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
   assert result.returncode == 2
-  assert result.stderr.strip() == "error: unknown argument '--fast'; valid: --dry_run, --installed, gpu, tpu"
+  assert result.stderr.strip() == ("error: unknown argument '--fast'; valid: --dry_run, --installed, --levers, gpu, "
+                                   'tpu')
   assert not os.path.exists(os.path.join(ROOT, '--fast'))
 
 

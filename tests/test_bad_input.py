@@ -51,7 +51,7 @@ CASES = {
         train_cli(model='inception_v3', image_size=50), 'image size 50 is below the minimum 75 of inception_v3',
         ''),
     'unknown remat mode': (train_cli(remat='all'), "remat must be '' (off), 'blocks' or 'dots', got 'all'", ''),
-    'unknown kernels setting': (train_cli(kernels='gpu'), "kernels must be 'auto', 'lax' or 'cpu', got 'gpu'", ''),
+    'unknown kernels setting': (train_cli(kernels='tpu'), "kernels must be 'auto', 'lax', 'cpu' or 'gpu', got 'tpu'", ''),
     "block remat for a model without blocks": (
         train_cli(remat='blocks'), "remat='blocks' needs a model built of Inception modules or residual blocks; "
         'lenet has none', "remat='dots' works for every model"),

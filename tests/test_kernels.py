@@ -13,7 +13,7 @@ import pytest
 from jax import lax
 
 from experiments.configs import base
-from inception_jax import kernels, models, train, xla_cpu
+from inception_jax import kernels, models, train, xla_cpu, xla_gpu
 from inception_jax import step as step_lib
 from tiny_config import TinyInception
 
@@ -32,15 +32,19 @@ def test_lax_is_stock_flax_optax_and_lax():
   assert kernels.LAX.batch_norm is nn.BatchNorm
   assert kernels.LAX.clip_by_global_norm is optax.clip_by_global_norm
   assert kernels.CPU.batch_norm is xla_cpu.BatchNorm
+  # gpu is lax but for BatchNorm.
+  assert kernels.GPU.batch_norm is xla_gpu.BatchNorm and kernels.get('gpu') is kernels.GPU
+  assert kernels.GPU.conv_general_dilated is lax.conv_general_dilated
+  assert kernels.GPU.clip_by_global_norm is optax.clip_by_global_norm
 
 
-@pytest.mark.parametrize('bad', ['gpu', 'LAX', ''])
+@pytest.mark.parametrize('bad', ['tpu', 'LAX', ''])
 def test_an_unknown_setting_is_one_clear_error(bad):
-  with pytest.raises(ValueError, match=r"kernels must be 'auto', 'lax' or 'cpu', got"):
+  with pytest.raises(ValueError, match=r"kernels must be 'auto', 'lax', 'cpu' or 'gpu', got"):
     models.create_model('inception_v3', kernels=bad)
   config = base.get_config()
   config.kernels = bad
-  with pytest.raises(ValueError, match=r"kernels must be 'auto', 'lax' or 'cpu'"):
+  with pytest.raises(ValueError, match=r"kernels must be 'auto', 'lax', 'cpu' or 'gpu'"):
     train.build_model(config, num_classes=10)
 
 
@@ -118,12 +122,13 @@ def _step_results(setting):
 
 
 @pytest.mark.slow
-def test_lax_and_cpu_give_the_same_training_step_in_float64():
+@pytest.mark.parametrize('setting', ['cpu', 'gpu'])
+def test_every_setting_gives_lax_training_step_in_float64(setting):
   # A small Inception network (strided stem, 1×1/3×3/1×3 convolutions, average and max pools, a residual
   # block), two steps of the full train step: loss, gradients' norm, clipping, update, BN statistics, EMA.
   # (SGD: Adam would divide near-zero gradients by their own root and magnify rounding.)
   with jax.enable_x64(True):
-    (stock, stock_metrics), (tuned, tuned_metrics) = (_step_results(k) for k in ('lax', 'cpu'))
+    (stock, stock_metrics), (tuned, tuned_metrics) = (_step_results(k) for k in ('lax', setting))
     assert stock.params['stem']['conv']['kernel'].dtype == jnp.float64
     assert float(stock_metrics['l2_grads']) > 0.5   # clipping changed the update
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), stock, tuned)

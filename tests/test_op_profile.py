@@ -1,6 +1,8 @@
 """experiments.op_profile: a profiler trace joined to the optimised HLO, op by op and by kind of work."""
 
+import gzip
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -85,3 +87,63 @@ def test_the_benchmark_profiles_its_train_step(tmp_path):
   saved = json.load(open(tmp_path / 'profile' / 'ops.json'))
   assert {k: v['total'] for k, v in saved['by_category'].items()} == pytest.approx(by_kind)
   assert '| convolution |' in result.stdout
+
+
+# --- a GPU's trace: a stored fixture shaped as jax.profiler writes one for a CUDA device -----------------
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures')
+
+
+@pytest.fixture
+def gpu_trace(tmp_path):
+  """Two steps of a cuDNN/cuBLAS train step (tests/fixtures/gpu_train_step.*) laid out as a profile."""
+  directory = tmp_path / 'plugins' / 'profile' / '2026_12_07_00_00_00'
+  directory.mkdir(parents=True)
+  with open(os.path.join(FIXTURES, 'gpu_train_step.trace.json'), 'rb') as f, \
+      gzip.open(directory / 'perfetto_trace.json.gz', 'wb') as out:
+    out.write(f.read())
+  with open(os.path.join(FIXTURES, 'gpu_train_step.hlo.txt')) as f:
+    return f.read(), str(tmp_path)
+
+
+def test_cudnn_and_cublas_calls_are_convolutions_and_matrix_products_by_pass():
+  with open(os.path.join(FIXTURES, 'gpu_train_step.hlo.txt')) as f:
+    ops = op_profile.parse_hlo(f.read())
+  assert ops['custom-call.1']['work'] == 'convolution forward'
+  assert ops['custom-call.2']['work'] == 'convolution backward: input gradient'
+  assert ops['custom-call.3']['work'] == 'convolution backward: kernel gradient'
+  assert ops['custom-call.9']['category'] == 'matmul' and ops['custom-call.9']['phase'] == 'forward'
+  assert ops['fusion.2']['work'] == 'reductions (BatchNorm statistics, norms)'
+  assert ops['fusion.1']['work'] == 'elementwise fusions (BatchNorm, activations)'
+  assert ops['copy.5']['work'] == 'layout: transposes and copies'
+  assert ops['fusion.7']['work'] == 'optimizer update and metrics'
+
+
+def test_a_gpu_trace_is_broken_down_by_kind_with_the_idle_gaps(gpu_trace):
+  hlo, trace_dir = gpu_trace
+  b = op_profile.step_breakdown(hlo, trace_dir, steps=2)
+  # Per step, as the fixture lays the kernels out (µs): 400 forward convolution, 500 input gradient,
+  # 600 kernel gradient, 80 matrix product, 150 reduction, 100 elementwise, 50 copy, 120 update, 30 memcpy;
+  # the host's launch events do not count.
+  assert b['work'] == pytest.approx({
+      'convolution forward': 0.4, 'convolution backward: input gradient': 0.5,
+      'convolution backward: kernel gradient': 0.6, 'matrix products': 0.08,
+      'reductions (BatchNorm statistics, norms)': 0.15, 'elementwise fusions (BatchNorm, activations)': 0.1,
+      'layout: transposes and copies': 0.05, 'optimizer update and metrics': 0.12, 'memory copies': 0.03})
+  assert list(b['work']) == [w for w in op_profile.WORK if w in b['work']]   # the report's order
+  # From the first kernel (1,000 µs) to the last copy's end (6,110 µs): 2.555 ms a step, 2.03 of it busy.
+  assert b['step_ms'] == pytest.approx(2.555) and b['busy_ms'] == pytest.approx(2.03)
+  assert b['idle_ms'] == pytest.approx(0.525)
+  top = b['top_kernels']
+  assert [k['hlo_op'] for k in top[:3]] == ['custom-call.3', 'custom-call.2', 'custom-call.1']
+  assert top[0]['kernel'].startswith('sm90_xmma_wgrad') and top[0]['share_of_busy'] == pytest.approx(0.6 / 2.03)
+  assert top[-1]['work'] == 'memory copies' and len(top) == 9
+  text = op_profile.breakdown_markdown(b)
+  assert '| idle gaps between kernels | 0.53 | 20.5% |' in text
+  assert '| convolution backward: kernel gradient | 0.60 | 23.5% |' in text
+
+
+def test_only_the_devices_events_count_where_a_device_ran(gpu_trace):
+  hlo, trace_dir = gpu_trace
+  seconds = op_profile.op_seconds(trace_dir, 'jit_train_step')
+  assert seconds['custom-call.3'] == pytest.approx(2 * 600e-6)   # not the host's 4 µs launches on top

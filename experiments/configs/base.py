@@ -28,6 +28,9 @@ def get_config() -> ml_collections.ConfigDict:
   # How convolutions, max pools, BN's gradient and the step's norms are computed (not what): 'lax' is stock
   # flax/optax/lax, 'cpu' XLA:CPU's faster formulations, 'auto' cpu on the CPU backend and lax elsewhere.
   c.kernels = 'auto'
+  # The train step writes the new state into the old state's buffers (donation); False keeps both, which
+  # only a measurement of what donation saves wants.
+  c.donate_state = True
 
   # Data.
   c.dataset = 'imagenet2012'

@@ -135,7 +135,7 @@ class BNConvNet(nn.Module):
       and recomputes the block's inside from it (`nn.remat`), so training holds one block's activations
       at a time rather than the whole network's, for about one more forward pass of compute.
     kernels: how convolutions, pools and BN are computed: an `inception_jax.kernels.Kernels`, which
-      `models.create_model` resolves once from 'auto', 'lax' or 'cpu' and every layer takes from here.
+      `models.create_model` resolves once from 'auto', 'lax', 'cpu' or 'gpu' and every layer takes from here.
   """
   num_classes: int = 1000
   aux_logits: bool = True
