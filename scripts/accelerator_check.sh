@@ -22,6 +22,8 @@
 #                         the 15 longest kernels (experiments/op_profile.py)
 #   train_bf16_lax        the same with kernels=lax named; where auto already resolved to lax (any host but
 #                         a CPU) train_bf16's record is repeated with "same_as": "train_bf16", not run again
+#   peer_torchvision      torchvision's inception_v3 at batch 256 under PyTorch's AMP (bfloat16) in
+#   peer_torchvision_compile   channels-last order, eager and torch.compile'd, timed as ours
 #   synthetic_loop        50 steps of `experiments.imagenet --config=v3 --config.dataset=synthetic` at
 #                         batch 128: the loop's img/s between its last two log steps (compilation left
 #                         out), its MFU from train_bf16's FLOPs per step, and the share spent waiting
@@ -56,6 +58,8 @@ if [ "$dry_run" = 1 ]; then
   # LeNet has no BN, so the v1 preset (which sets none of a model's BN fields) carries it, and no blocks,
   # so remat is 'dots'; a 6 MB device keeps the largest-batch search short.
   preset=v1; model=lenet; size=28; batches=(8 16); steps=2; warmup=1; loop_steps=4; limit=300; remat=dots
+  # The peer has no LeNet: torchvision's GoogLeNet, eager (torch.compile on a CPU compiles C++ for minutes).
+  peer_model=googlenet; peer_size=32; peers=(torchvision)
   memory=(--memory_gb=0.006)
   budget=${ACCELERATOR_CHECK_BUDGET_S:-900}
   python=${PYTHON:-.venv/bin/python}
@@ -63,6 +67,7 @@ else
   # Each run's limit; the budget (counted from the start, installs included) bounds the whole.
   preset=v3; model=inception_v3; size=299; batches=(128 256); steps=10; warmup=2; loop_steps=50; limit=150
   remat=blocks
+  peer_model=inception_v3; peer_size=299; peers=(torchvision torchvision_compile)
   budget=${ACCELERATOR_CHECK_BUDGET_S:-470}
   # To within 64 images: four compilations of the step when the linear prediction holds.
   memory=(--max_batch_resolution=64)
@@ -169,7 +174,13 @@ PY
   if [ -n "$same" ]; then echo "$same" | tee -a "$records"; continue; fi
   report train_bf16_lax "${bench[@]}" --batch="$batch" --kernels=lax
 done
-# The training loop on device-made batches; its rate between the last two log steps leaves compilation out.
+# The same network in PyTorch on the same device (AMP to bfloat16, channels-last; then torch.compile), at
+# the larger batch and by the same timing rule; a host without torch prints an error row for it.
+for peer in "${peers[@]}"; do
+  report "peer_$peer" "$python" -m experiments.benchmark --model="$peer_model" --size="$peer_size" \
+    --dtype=bfloat16 --steps="$steps" --warmup="$warmup" --batch="$big" --peer="$peer" --json
+done
+# The training loop on device-made batches; its last logging window leaves compilation out.
 batch=${batches[0]}
 export python preset model size batch loop_steps workdir records
 loop() {

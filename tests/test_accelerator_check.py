@@ -30,9 +30,12 @@ def test_the_dry_run_prints_every_check_as_one_json_line_without_tensorflow(tmp_
                           capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   records = [json.loads(line) for line in result.stdout.splitlines()]
-  assert [r['check'] for r in records] == ['train_bf16'] * 2 + ['train_bf16_lax'] * 2 + ['synthetic_loop'] + [
-      'max_batch'] * 2, result.stdout
+  assert [r['check'] for r in records] == ['train_bf16'] * 2 + ['train_bf16_lax'] * 2 + [
+      'peer_torchvision', 'synthetic_loop'] + ['max_batch'] * 2, result.stdout
   assert not [r for r in records if 'error' in r], records
+  peer = records.pop(4)   # the same step in PyTorch, at the larger batch, under AMP
+  assert (peer['peer'], peer['model'], peer['batch'], peer['dtype']) == ('torchvision', 'googlenet', 16, 'bfloat16')
+  assert peer['train_images_per_sec'] > 0
   for r in records:   # what a reader needs of every run
     assert r['model'] == 'lenet' and r['dtype'] == 'bfloat16' and r['remat'] in ('', 'dots'), r
     assert r['kernels'] in ('cpu', 'lax') and r['batch' if 'batch' in r else 'max_batch'] >= 8, r
@@ -77,7 +80,7 @@ def test_a_spent_budget_skips_the_runs_with_one_error_line_each():
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]
   records = [json.loads(line) for line in result.stdout.splitlines()]
-  assert len(records) == 7 and all(r['error'] == 'skipped: the 0 s budget is spent' for r in records), records
+  assert len(records) == 8 and all(r['error'] == 'skipped: the 0 s budget is spent' for r in records), records
   assert records[0]['command'].endswith('--batch=8') and records[-1]['command'].endswith('--remat=dots '
                                                                                            '--memory_gb=0.006 --json')
 

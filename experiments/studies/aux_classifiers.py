@@ -44,54 +44,69 @@ NAME = 'aux_classifiers'
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
+  """A scale of the study. `recipes='budget'` runs the recipes scaled to a CPU's budget described above, on
+  a subset of the embedded Fashion-MNIST; `recipes='paper'` runs each preset's own recipe (its augmentation,
+  schedule, averaging, input size) on `dataset`, for the given number of steps."""
   seeds: tuple[int, ...]
   googlenet_steps: int
   v3_steps: int
-  train_examples: int
+  train_examples: int      # 0: the whole training split
   eval_examples: int       # 0: the whole test split
   batch_size: int
   eval_batch_size: int
   probe_every: int
   log_every: int
   checkpoints: int         # per run: where an interrupted run resumes from
+  recipes: str = 'budget'
+  dataset: str = 'fashion_mnist'
+  sizes: tuple[int, int] = (65, 107)   # GoogLeNets, Inception-v3: the smallest their side heads take
 
 
+IMAGENET_STEPS = 30 * 1_281_167 // 256   # 30 epochs of batch 256
 SCALES = {
     'full': Budget(seeds=(0, 1, 2), googlenet_steps=600, v3_steps=400, train_examples=5000, eval_examples=0,
                    batch_size=32, eval_batch_size=400, probe_every=20, log_every=10, checkpoints=3),
     # The same conditions, probe and report in minutes (CI runs it): a few steps of batch 8.
     'smoke': Budget(seeds=(0, 1), googlenet_steps=4, v3_steps=4, train_examples=32, eval_examples=16,
                     batch_size=8, eval_batch_size=8, probe_every=2, log_every=1, checkpoints=1),
+    # The papers' setting on accelerators: ImageNet at the papers' input sizes, each preset's recipe, cut
+    # to 30 epochs (`--data_dir` where ImageNet is prepared; README). No evaluation of the training split
+    # (1.28 M images), so the claims about the train-test gap stay undecided there.
+    'imagenet': Budget(seeds=(0, 1, 2), googlenet_steps=IMAGENET_STEPS, v3_steps=IMAGENET_STEPS,
+                       train_examples=0, eval_examples=0, batch_size=256, eval_batch_size=256,
+                       probe_every=1000, log_every=100, checkpoints=30, recipes='paper', dataset='imagenet2012',
+                       sizes=(224, 299)),
 }
 
-GOOGLENET_SIZE, V3_SIZE = 65, 107
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8)
 CONVERGENCE = 'steps_to_60'   # the claims' "early convergence": steps to 60% training accuracy
 
 
 def _common(budget: Budget, steps: int, data_dir: str) -> dict:
-  return {
-      'dataset': 'fashion_mnist', 'data_dir': data_dir, 'train_examples': budget.train_examples,
-      'eval_examples': budget.eval_examples, 'eval_train': True, 'eval_crop_pct': 1.0,
-      'augment.area_range': (1.0, 1.0), 'augment.color_distort': False,
-      'batch_size': budget.batch_size, 'eval_batch_size': budget.eval_batch_size,
-      'total_steps': steps, 'warmup_steps': max(1, steps // 20), 'log_every_steps': budget.log_every,
-      'eval_every_steps': None, 'checkpoint_every_steps': max(1, steps // budget.checkpoints),
-      'ema_decay': 0.0}
+  common = {
+      'dataset': budget.dataset, 'data_dir': data_dir, 'train_examples': budget.train_examples,
+      'eval_examples': budget.eval_examples, 'batch_size': budget.batch_size,
+      'eval_batch_size': budget.eval_batch_size, 'total_steps': steps, 'log_every_steps': budget.log_every,
+      'eval_every_steps': None, 'checkpoint_every_steps': max(1, steps // budget.checkpoints)}
+  if budget.recipes == 'budget':
+    common.update({'eval_train': True, 'eval_crop_pct': 1.0, 'augment.area_range': (1.0, 1.0),
+                   'augment.color_distort': False, 'warmup_steps': max(1, steps // 20), 'ema_decay': 0.0})
+  return common
 
 
 def _googlenet(name: str, aux: bool, budget: Budget, data_dir: str):
   c = preset('v1' if name == 'inception_v1' else 'googlenet')
-  return base.override(c, {
-      **_common(budget, budget.googlenet_steps, data_dir), 'image_size': GOOGLENET_SIZE, 'aux_logits': aux,
-      'learning_rate': 0.01, 'lr_reference_batch': None, 'schedule': 'cosine',
-      'model_overrides.bn_momentum': 0.9})
+  changes = {**_common(budget, budget.googlenet_steps, data_dir), 'image_size': budget.sizes[0], 'aux_logits': aux}
+  if budget.recipes == 'budget':
+    changes.update({'learning_rate': 0.01, 'lr_reference_batch': None, 'schedule': 'cosine',
+                    'model_overrides.bn_momentum': 0.9})
+  return base.override(c, changes)
 
 
 def _v3(aux: bool, aux_bn: bool, budget: Budget, data_dir: str):
-  c = preset('v3:fashion_mnist')
+  c = preset('v3:fashion_mnist' if budget.recipes == 'budget' else 'v3')
   return base.override(c, {
-      **_common(budget, budget.v3_steps, data_dir), 'image_size': V3_SIZE, 'aux_logits': aux,
+      **_common(budget, budget.v3_steps, data_dir), 'image_size': budget.sizes[1], 'aux_logits': aux,
       'model_overrides.aux_bn': aux_bn})
 
 
@@ -157,7 +172,8 @@ CLAIMS = (
 
 
 def get_study(scale: str = 'full', data_dir: str = '') -> Study:
-  """The study at `scale` ('full' or 'smoke'); `data_dir`: where Fashion-MNIST's files are ('' : Debian's)."""
+  """The study at `scale` ('full', 'smoke' or 'imagenet'); `data_dir`: where the dataset's files are ('':
+  where it is installed: Debian's Fashion-MNIST)."""
   if scale not in SCALES:
     raise ValueError(f'unknown scale {scale!r} for study {NAME}; valid: {", ".join(SCALES)}')
   b = SCALES[scale]
