@@ -225,6 +225,13 @@ def test_the_record_and_report_hold_every_run_and_the_verdicts_computed_from_the
   assert record['claims'][0]['n'] == 2
 
 
+def test_a_threshold_some_seeds_never_reached_says_how_many_did():
+  summary = report.summarize([{'seed': 0, 'steps_to_80': math.nan}, {'seed': 1, 'steps_to_80': 477.0},
+                              {'seed': 2, 'steps_to_80': math.nan}])['steps_to_80']
+  assert summary['n'] == 1 and summary['median'] == 477.0
+  assert report._cell(summary, 0) == '477 (1 of 3 seeds)'
+
+
 def test_a_study_can_be_cut_to_some_conditions_and_seeds():
   s = _study().select(['good'], [5, 6])
   assert [c.name for c in s.conditions] == ['good'] and s.seeds == (5, 6)

@@ -142,13 +142,15 @@ def verdicts_from_record(record: dict, study: runner.Study) -> list[dict]:
 
 
 def _cell(stats: dict | None, digits: int = 2) -> str:
-  """'median [min – max]' over seeds."""
+  """'median [min – max]' over seeds, and how many seeds have a value where some do not (a threshold some
+  runs never reached)."""
   if not stats or not stats.get('n'):
     return '–'
   f = lambda v: f'{v:.{digits}f}'  # noqa: E731
-  if stats['n'] == 1:
-    return f(stats['median'])
-  return f'{f(stats["median"])} [{f(stats["min"])} – {f(stats["max"])}]'
+  text = f(stats['median']) if stats['n'] == 1 else f'{f(stats["median"])} [{f(stats["min"])} – {f(stats["max"])}]'
+  if stats['n'] < len(stats['values']):
+    text += f' ({stats["n"]} of {len(stats["values"])} seeds)'
+  return text
 
 
 def _mean_sd(stats: dict | None, digits: int = 2) -> str:
@@ -312,7 +314,11 @@ def plot_gradients(record: dict, path: str) -> str | None:
       trunk = g0.trunk[:-1] if len(g0.trunk) > 1 else g0.trunk
       for name, (lo, hi), style in (('early', (0, early * total), '-'),
                                     ('late', ((1 - early) * total, total + 1), '--')):
-        rel = [np.nanmean(g.relative('main')[g.index(trunk)][:, g.window(lo, hi)], axis=1) for g in gs]
+        # Geometric means over the window, as the table's main decay averages log ratios (the first
+        # measurement's relative gradients can be orders of magnitude above the rest).
+        with np.errstate(divide='ignore', invalid='ignore'):
+          rel = [10 ** np.nanmean(np.log10(g.relative('main')[g.index(trunk)][:, g.window(lo, hi)]), axis=1)
+                 for g in gs]
         axes[1, col].plot(range(len(trunk)), np.nanmedian(np.array(rel), 0), style, marker='.',
                           label=f'{c["name"]} {name}')
         for head, info in g0.aux_heads.items():
@@ -329,7 +335,7 @@ def plot_gradients(record: dict, path: str) -> str | None:
     axes[0, col].set_xlabel('step')
     axes[0, col].set_ylim(0, 1)
     axes[1, col].set_yscale('log')
-    axes[1, col].set_ylabel("main head's ‖g‖/‖w‖ (median over seeds)")
+    axes[1, col].set_ylabel("main head's ‖g‖/‖w‖ (geometric mean)")
     axes[2, col].set_ylabel("cosine of a side head's gradient to the main head's")
     axes[2, col].set_xlabel('blocks below the side head (input → output)')
     axes[2, col].axhline(0, color='gray', linewidth=0.5)
