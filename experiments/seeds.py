@@ -39,7 +39,8 @@ def main(argv):
     # One unnamed condition: seed s trains in DIR/seed_s/.
     one = study.Study(name='seeds', question='', conditions=(study.Condition('', config),),
                       seeds=tuple(chosen))
-    results = [study.run(one, workdir)[('', s)] for s in chosen]
+    ran = study.run(one, workdir)
+  results = [ran[('', s)] for s in chosen]
   summary = study.summarize(results)
   text = study.table(summary, chosen)
   # wall_s is read beside what the machine computes (a shared or throttled one shows here).

@@ -53,6 +53,11 @@ def module_command(module, *args, **env):
   return [sys.executable, '-m', module, *args], dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='true', **env)
 
 
+# A user's CPU is one device. End-to-end runs of the tools that do not test sharding run there: compiling a
+# step for eight simulated devices takes two to three times as long.
+ONE_DEVICE = {'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}
+
+
 def run_module(module, *args, cwd=ROOT, timeout=300, **env):
   command, env = module_command(module, *args, **env)
   return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)

@@ -4,14 +4,14 @@ import json
 
 import pytest
 
-from conftest import run_module
+from conftest import ONE_DEVICE, run_module
 
 
 @pytest.mark.slow
 def test_two_rows_end_to_end_and_resumable(tmp_path, fashion_dir):
   workdir = tmp_path / 'sweep'
   args = ('--table=googlenet_aux', f'--workdir={workdir}', '--steps=2', f'--data_dir={fashion_dir}')
-  result = run_module('experiments.ablations', *args)
+  result = run_module('experiments.ablations', *args, **ONE_DEVICE)
   assert result.returncode == 0, result.stderr[-3000:]
   table = (workdir / 'table.md').read_text()
   assert table in result.stdout
@@ -26,7 +26,7 @@ def test_two_rows_end_to_end_and_resumable(tmp_path, fashion_dir):
     assert f'| {100 * (1 - saved["eval/top1"]):.1f} |' in line
     assert '| 1.58 |' in line   # GoogLeNet's multiply-adds at 224 px (README's model table)
 
-  again = run_module('experiments.ablations', *args)
+  again = run_module('experiments.ablations', *args, **ONE_DEVICE)
   assert again.returncode == 0, again.stderr[-3000:]
   assert again.stdout.count('finished before') == 2 and 'step ' not in again.stdout
   assert (workdir / 'table.md').read_text() == table

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_module
+from conftest import ONE_DEVICE, run_module
 from inception_jax import gradient_flow
 from inception_jax.models import blocks, layers
 from inception_jax.models.registry import ModelOutput
@@ -251,7 +251,7 @@ def test_command_line_study_on_googlenet(tmp_path, fashion_dir):
   # 65 px, the smallest at which the paper's auxiliary heads run (224 px costs ~12× the compute).
   result = run_module('experiments.gradient_flow', '--config=v1', f'--workdir={workdir}', '--steps=4',
                       '--every=2', f'--config.data_dir={fashion_dir}', '--config.batch_size=8',
-                      '--config.image_size=65', '--config.eval_batch_size=8')
+                      '--config.image_size=65', '--config.eval_batch_size=8', **ONE_DEVICE)
   assert result.returncode == 0, result.stderr[-3000:]
   records = [json.loads(line) for line in open(workdir / 'gradient_flow.jsonl')]
   assert {r['step'] for r in records} == {0, 2}

@@ -150,8 +150,15 @@ def block_norms(grads, head):
   return per_block, per_leaf
 
 
-@pytest.mark.parametrize('kernels', ['lax', 'cpu'])
-@pytest.mark.parametrize('name', [pytest.param(n, marks=() if n == 'lenet' else pytest.mark.slow) for n in ALL])
+# The three largest networks compile for minutes; they are built from the same layers as the rest, whose
+# two formulations are checked on every other model (and layer by layer in test_kernels.py), so they run
+# once, with the formulation accelerators use.
+LARGEST = ('inception_v4', 'inception_resnet_v1', 'inception_resnet_v2')
+REAL_PASSES = [pytest.param(n, k, marks=() if n == 'lenet' else pytest.mark.slow)
+               for n in ALL for k in ('lax', 'cpu') if not (n in LARGEST and k == 'cpu')]
+
+
+@pytest.mark.parametrize('name,kernels', REAL_PASSES)
 def test_real_passes(name, kernels):
   """One compiled program per model and `kernels` setting (compiling dominates), checked for each
   property below."""

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import ROOT, run_module
+from conftest import ONE_DEVICE, ROOT, run_module
 from inception_jax import study
 
 
@@ -38,7 +38,7 @@ def test_summary_gives_median_spread_mean_and_sample_sd():
 
 def _seeds_cli(fashion_dir, workdir, *args):
   return run_module('experiments.seeds', f'--config=tests/tiny_config.py:{fashion_dir}', f'--workdir={workdir}',
-                    *args, cwd=ROOT)
+                    *args, cwd=ROOT, **ONE_DEVICE)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_module
+from conftest import ONE_DEVICE, ROOT, run_module
 from inception_jax import gradient_flow, study
 from inception_jax.study import claims, measures, report, runner
 from inception_jax.study.claims import M
@@ -282,7 +282,7 @@ def test_the_aux_classifier_study_runs_end_to_end_at_smoke_scale(tmp_path, fashi
   from experiments import studies
   workdir = tmp_path / 'study'
   args = ('--study=aux_classifiers', '--scale=smoke', f'--workdir={workdir}', f'--data_dir={fashion_64}')
-  result = run_module('experiments.study', *args, timeout=1500)
+  result = run_module('experiments.study', *args, timeout=1500, **ONE_DEVICE)
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.load(open(workdir / 'study.json'))
   s = studies.get_study('aux_classifiers', 'smoke', fashion_64)
@@ -306,7 +306,7 @@ def test_the_aux_classifier_study_runs_end_to_end_at_smoke_scale(tmp_path, fashi
   assert text in result.stdout and '## Claims and verdicts' in text
   assert (workdir / 'gradients.png').exists() and (workdir / 'curves.png').exists()
   # Again: every run is read back, none trains.
-  again = run_module('experiments.study', *args, '--conditions=inception_v1/no_aux,inception_v1/aux')
+  again = run_module('experiments.study', *args, '--conditions=inception_v1/no_aux,inception_v1/aux', **ONE_DEVICE)
   assert again.returncode == 0, again.stderr[-3000:]
   assert again.stdout.count('finished before') == 4 and 'step ' not in again.stdout
 
@@ -323,3 +323,24 @@ def test_bad_study_input_is_one_error_line(tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().startswith(message) and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / 'w').exists()   # nothing written
+
+
+def test_the_published_study_page_states_what_its_record_computes():
+  """docs/studies/auxiliary_classifiers.md cites docs/studies/aux_classifiers.json: the verdicts must be the
+  criteria applied to the record's measures, and every table row on the page a row of the report the
+  record gives (no number typed by hand)."""
+  from experiments import studies
+  record = json.load(open(os.path.join(ROOT, 'docs', 'studies', 'aux_classifiers.json')))
+  full = studies.get_study('aux_classifiers', 'full')
+  assert record['scale'] == 'full' and record['missing_runs'] == []
+  assert [c['name'] for c in record['conditions']] == [c.name for c in full.conditions]
+  assert all(sorted(c['runs']) == ['0', '1', '2'] for c in record['conditions'])
+  assert report.verdicts_from_record(record, full) == record['claims']
+  page = open(os.path.join(ROOT, 'docs', 'studies', 'auxiliary_classifiers.md')).read()
+  generated = report.markdown(record).splitlines()
+  rows = [line for line in page.splitlines() if line.startswith('| `')]
+  assert len(rows) == 3 * len(record['conditions']) + len(record['claims'])   # conditions, results, gradients, claims
+  assert [r for r in rows if r not in generated] == []
+  starts = tuple(f'- `{v["id"]}` — ' for v in record['claims'])   # each claim's verdict, with its numbers
+  bullets = [line for line in page.splitlines() if line.startswith(starts)]
+  assert len(bullets) == len(record['claims']) and [b for b in bullets if b not in generated] == []

@@ -17,7 +17,7 @@ from inception_jax import checkpoint, data, train
 from inception_jax import step as step_lib
 from inception_jax.data import sources
 
-from conftest import ROOT, run_module, tiny_config, write_idx
+from conftest import ONE_DEVICE, ROOT, run_module, tiny_config, write_idx
 from tiny_config import TinyInception
 
 
@@ -248,7 +248,7 @@ def test_preset_path_form_and_overrides(tmp_path, fashion_dir):
                 '--config.model=googlenet', '--config.image_size=32', '--config.total_steps=2',
                 '--config.warmup_steps=0', '--config.batch_size=8', '--config.eval_batch_size=16',
                 '--config.model_overrides.dropout_rate=0.0', f'--config.data_dir={fashion_dir}',
-                JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'cache'))
+                JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'cache'), **ONE_DEVICE)
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'final test accuracy over all 13 examples' in result.stdout
   # The wall time, with what this machine computes to read it by.

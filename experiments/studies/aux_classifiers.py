@@ -68,7 +68,7 @@ SCALES = {
                    batch_size=32, eval_batch_size=400, probe_every=20, log_every=10, checkpoints=3),
     # The same conditions, probe and report in minutes (CI runs it): a few steps of batch 8.
     'smoke': Budget(seeds=(0, 1), googlenet_steps=4, v3_steps=4, train_examples=32, eval_examples=16,
-                    batch_size=8, eval_batch_size=8, probe_every=2, log_every=1, checkpoints=1),
+                    batch_size=8, eval_batch_size=8, probe_every=1, log_every=1, checkpoints=1),
     # The papers' setting on accelerators: ImageNet at the papers' input sizes, each preset's recipe, cut
     # to 30 epochs (`--data_dir` where ImageNet is prepared; README). No evaluation of the training split
     # (1.28 M images), so the claims about the train-test gap stay undecided there.
