@@ -25,8 +25,7 @@ Nothing here asks which backend runs it; the switch decides where it is used.
 from __future__ import annotations
 
 import functools
-
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -34,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+
+from inception_jax import batch_norm
 
 # k×k convolutions whose output grid has at most this many cells run as one matrix product over gathered
 # windows. At batch 32, 3×3 grids and smaller win clearly; 7×7 is even and 17×17, 35×35 lose.
@@ -218,10 +219,8 @@ _max_pool_cpu.defvjp(_max_pool_cpu_fwd, _max_pool_cpu_bwd)
 
 # --- BatchNorm ---------------------------------------------------------------------------------------------
 
-Dtype = Any
 
-
-class BatchNorm(nn.Module):
+class BatchNorm(batch_norm.BatchNormVariables):
   """`flax.linen.BatchNorm` over the last axis (same variables, defaults and results) whose training-mode
   gradient is written out rather than traced.
 
@@ -230,36 +229,19 @@ class BatchNorm(nn.Module):
   and one elementwise pass. Statistics are computed as flax computes them (float32, Var = E[x²] − E[x]²,
   clipped at zero) and the running averages move by `momentum` (the old value's weight).
   """
-  use_running_average: bool | None = None
-  momentum: float = 0.99
-  epsilon: float = 1e-5
-  dtype: Dtype | None = None
-  param_dtype: Dtype = jnp.float32
-  use_bias: bool = True
-  use_scale: bool = True
-  bias_init: Callable = nn.initializers.zeros
-  scale_init: Callable = nn.initializers.ones
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
-    use_running_average = nn.merge_param('use_running_average', self.use_running_average,
-                                         use_running_average)
-    features = (x.shape[-1],)
-    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros(features, jnp.float32))
-    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones(features, jnp.float32))
-    scale = self.param('scale', self.scale_init, features, self.param_dtype) if self.use_scale else None
-    bias = self.param('bias', self.bias_init, features, self.param_dtype) if self.use_bias else None
-    dtype = self.dtype or jnp.result_type(x, *(p for p in (scale, bias) if p is not None))
+    use_running_average, ra_mean, ra_var, scale, bias, dtype = self.variables_for(x, use_running_average)
     compute = jnp.promote_types(x.dtype, jnp.float32)
+    features = (x.shape[-1],)
     scale = jnp.ones(features, compute) if scale is None else scale.astype(compute)
     bias = jnp.zeros(features, compute) if bias is None else bias.astype(compute)
     if use_running_average:
       y = (x.astype(compute) - ra_mean.value) * (lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
       return y.astype(dtype)
     y, mean, var = _batch_norm_train(x, scale, bias, self.epsilon)
-    if not self.is_initializing():
-      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    self.update_averages(ra_mean, ra_var, mean, var)
     return y.astype(dtype)
 
 

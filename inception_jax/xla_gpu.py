@@ -12,39 +12,21 @@ variables. Convolutions, pooling and the step's norms are `lax`'s.
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-Dtype = Any
+from inception_jax import batch_norm
 
 
-class BatchNorm(nn.Module):
+class BatchNorm(batch_norm.BatchNormVariables):
   """`flax.linen.BatchNorm` over the last axis (same variables, defaults and results in float32) whose
   normalisation is one multiply-add in the compute dtype."""
-  use_running_average: bool | None = None
-  momentum: float = 0.99
-  epsilon: float = 1e-5
-  dtype: Dtype | None = None
-  param_dtype: Dtype = jnp.float32
-  use_bias: bool = True
-  use_scale: bool = True
-  bias_init: Callable = nn.initializers.zeros
-  scale_init: Callable = nn.initializers.ones
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
-    use_running_average = nn.merge_param('use_running_average', self.use_running_average,
-                                         use_running_average)
-    features = (x.shape[-1],)
-    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros(features, jnp.float32))
-    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones(features, jnp.float32))
-    scale = self.param('scale', self.scale_init, features, self.param_dtype) if self.use_scale else None
-    bias = self.param('bias', self.bias_init, features, self.param_dtype) if self.use_bias else None
-    dtype = self.dtype or jnp.result_type(x, *(p for p in (scale, bias) if p is not None))
+    use_running_average, ra_mean, ra_var, scale, bias, dtype = self.variables_for(x, use_running_average)
     statistics = jnp.promote_types(x.dtype, jnp.float32)
     if use_running_average:
       mean, var = ra_mean.value, ra_var.value
@@ -53,9 +35,7 @@ class BatchNorm(nn.Module):
       wide = x.astype(statistics)
       mean = jnp.mean(wide, axes)
       var = jnp.maximum(0.0, jnp.mean(jnp.square(wide), axes) - jnp.square(mean))
-      if not self.is_initializing():
-        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+      self.update_averages(ra_mean, ra_var, mean, var)
     multiplier = lax.rsqrt(var.astype(statistics) + self.epsilon)
     if scale is not None:
       multiplier = multiplier * scale.astype(statistics)

@@ -28,8 +28,8 @@ def get_config(arg: str | None = None):
 
 
 def fashion_mnist(c):
-  """A ten-minute CPU run: short schedule, no crops (well under one epoch), Adam instead of the paper's
-  RMSProp (which needs far more steps than a ten-minute budget gives), no averaging."""
+  """A short CPU run: short schedule, no crops (under one epoch), Adam instead of the paper's RMSProp
+  (which needs far more steps than such a budget gives), no averaging."""
   c.dataset = 'fashion_mnist'
   c.image_size = 75
   c.aux_logits = False
@@ -38,7 +38,7 @@ def fashion_mnist(c):
   c.batch_size = 32
   c.eval_batch_size = 512  # divisible by 1, 2, 4, 8 devices
   c.total_epochs = None
-  # 1,500 steps: 0.8 epochs, under ten minutes on two cores. Its result over seeds: docs/recipes.md.
+  # 1,500 steps: 0.8 epochs. Its result over seeds and its wall time: docs/recipes.md.
   c.total_steps = 1500
   c.log_every_steps = 50
   c.eval_every_epochs = None   # one evaluation, at the end
@@ -50,8 +50,8 @@ def fashion_mnist(c):
   # The first steps' gradient norms are ~10× later ones; b2 = 0.99 forgets them within ~100 steps
   # instead of ~1000.
   c.optimizer_kwargs.adam.b2 = 0.99
-  # At twice this rate the three seeds ended 2.6 points apart, each set apart early and kept its place
-  # to the end; at this one they agree (docs/recipes.md).
+  # At twice this rate the seeds were set apart early and kept their places to the end (docs/recipes.md
+  # compares the two over seeds).
   c.learning_rate = 0.001
   c.schedule = 'cosine'
   c.warmup_steps = 100
