@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, module_command
+from conftest import ONE_DEVICE, ROOT, module_command
 
 
 def without_tensorflow(tmp_path, env):
@@ -23,7 +23,7 @@ def without_tensorflow(tmp_path, env):
 
 @pytest.mark.slow
 def test_the_dry_run_prints_every_check_as_one_json_line_without_tensorflow(tmp_path):
-  _, env = module_command('experiments.benchmark')
+  _, env = module_command('experiments.benchmark', **ONE_DEVICE)
   env = dict(without_tensorflow(tmp_path, env), PYTHON=sys.executable,
              JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'cache'))
   result = subprocess.run(['bash', 'scripts/accelerator_check.sh', '--dry_run'], cwd=ROOT, env=env,
@@ -55,7 +55,7 @@ def test_the_dry_run_prints_every_check_as_one_json_line_without_tensorflow(tmp_
 
 @pytest.mark.slow
 def test_the_levers_dry_run_prints_a_row_per_lever_against_its_baseline(tmp_path):
-  env = dict(os.environ, PYTHON=sys.executable, JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'cache'))
+  env = dict(os.environ, PYTHON=sys.executable, JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'cache'), **ONE_DEVICE)
   result = subprocess.run(['bash', 'scripts/accelerator_check.sh', '--dry_run', '--levers'], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
