@@ -15,7 +15,7 @@ Dtype = Any
 
 class BatchNormVariables(nn.Module):
   """flax's BatchNorm over the last axis, less its computation: a subclass writes `__call__` (compact) and
-  calls `variables` there, then `update_averages` with the batch's statistics."""
+  calls `variables_for` there, then `update_averages` with the batch's statistics."""
   use_running_average: bool | None = None
   momentum: float = 0.99
   epsilon: float = 1e-5
