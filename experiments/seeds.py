@@ -5,7 +5,8 @@
 
 Takes every flag of `experiments.imagenet` (presets, --config.KEY overrides) and `--seeds`: a count N
 (seeds 0..N-1) or a list. Seed s trains in DIR/seed_s/; the command resumes: finished seeds are read back,
-an interrupted one continues from its checkpoint. Prints a table (median, mean ± sd, min, max, spread, and
+an interrupted one continues from its checkpoint. Seeds after the first reuse its compiled steps, so
+their wall times leave compilation out. Prints a table (median, mean ± sd, min, max, spread, and
 every seed's value) with the machine's measured speed beside the wall times (cli.machine_speed) and,
 last, one JSON line; writes both to DIR/seeds.md and DIR/seeds.json.
 """

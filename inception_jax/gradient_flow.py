@@ -14,6 +14,7 @@ key of its own), before the step updates the weights.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -152,6 +153,16 @@ def aux_heads(structure: blocks_lib.BlockStructure) -> dict[str, str]:
   return {head: module for head, module in zip(head_names(len(structure.aux_branch))[1:], structure.aux_branch)}
 
 
+@functools.lru_cache(maxsize=1)
+def _jitted_probe(model: nn.Module, blocks: tuple[str, ...], smoothing: float, aux_weight: float,
+                  spec: Any) -> Callable:
+  """`make_probe`'s probe, jitted, on the batch as the input pipeline gives it. The last one is kept: the
+  next run of the same model (the next seed of a study's condition) skips tracing and compiling it."""
+  measure = make_probe(model, list(blocks), smoothing=smoothing, aux_weight=aux_weight)
+  return jax.jit(lambda params, batch_stats, batch, rng: measure(
+      params, batch_stats, step_lib.model_batch(batch, spec), rng))
+
+
 @dataclasses.dataclass
 class GradientFlow:
   """Measures every `every` steps of a training run and appends to `workdir/gradient_flow.jsonl`.
@@ -179,9 +190,7 @@ class GradientFlow:
     params = jax.eval_shape(lambda x: self.model.init(rngs, x, train=True), x)['params']
     self.blocks = [b for b in structure.order if b in params]  # e.g. not a top-level Dropout
     self.heads = head_names(len(structure.aux_branch))
-    measure = make_probe(self.model, self.blocks, smoothing=self.smoothing, aux_weight=self.aux_weight)
-    self.probe = jax.jit(lambda params, batch_stats, batch, rng: measure(
-        params, batch_stats, step_lib.model_batch(batch, self.spec), rng))
+    self.probe = _jitted_probe(self.model, tuple(self.blocks), self.smoothing, self.aux_weight, self.spec)
     self.path = os.path.join(self.workdir, RECORDS_FILE)
     self.overhead: dict[str, float] | None = None
     self._rng = jax.random.key(self.seed)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from inception_jax import checkpoint, data, models, optim
+from inception_jax import checkpoint, data, kernels, models, optim
 from inception_jax import step as step_lib
 from inception_jax.reporting import Reporter
 
@@ -155,6 +156,26 @@ def evaluate(jitted: step_lib.JittedSteps, params, batch_stats, batches: data.Ev
   n = float(sums['count'])
   return {'loss': float(sums['loss']) / n, 'top1': float(sums['top1']) / n, 'top5': float(sums['top5']) / n,
           'count': n}
+
+
+# The last run's model and jitted steps. A run in the same process whose config differs from that run's in
+# its seed alone (the seeds and study tools run a condition's seeds one after another) takes them over and
+# skips tracing and compiling its steps again: the seed reaches the steps only as their arguments.
+_last_steps: dict[str, tuple[nn.Module, step_lib.JittedSteps]] = {}
+
+
+def _model_and_steps(config: ml_collections.ConfigDict, num_classes: int, spec: data.ImageSpec,
+                     total_steps: int, steps_per_epoch: int) -> tuple[nn.Module, step_lib.JittedSteps]:
+  key = json.dumps({'config': {**config.to_dict(), 'seed': None}, 'num_classes': num_classes,
+                    'spec': repr(spec), 'total_steps': total_steps, 'steps_per_epoch': steps_per_epoch,
+                    'kernels': kernels.resolve(config.kernels), 'devices': [d.id for d in jax.devices()]},
+                   sort_keys=True, default=repr)
+  if key not in _last_steps:
+    model = build_model(config, num_classes)
+    tx, schedule = build_optimizer(config, total_steps, steps_per_epoch, config.batch_size)
+    _last_steps.clear()
+    _last_steps[key] = model, step_lib.JittedSteps(model, tx, schedule, config, spec=spec)
+  return _last_steps[key]
 
 
 # --- the loop -----------------------------------------------------------------------------------------------
@@ -289,10 +310,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_every = duration_steps('eval_every', config, steps_per_epoch, default=total_steps)
   checkpoint_every = duration_steps('checkpoint_every', config, steps_per_epoch, default=total_steps)
 
-  model = build_model(config, num_classes)
+  model, jitted = _model_and_steps(config, num_classes, spec, total_steps, steps_per_epoch)
   probe = make_probe(model, spec) if make_probe else None
-  tx, schedule = build_optimizer(config, total_steps, steps_per_epoch, config.batch_size)
-  jitted = step_lib.JittedSteps(model, tx, schedule, config, spec=spec)
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   state = jitted.init(init_rng)

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import run_module
+from conftest import ONE_DEVICE, run_module
 from experiments.configs import base
 from inception_jax import step_timing
 
@@ -71,7 +71,7 @@ def test_a_second_run_reuses_the_compilation_cache(tmp_path):
 def test_torchvision_peer_is_timed_in_the_same_setup(tmp_path):
   record = _record(run_module('experiments.benchmark', '--model=googlenet', '--aux=off', '--batch=2',
                               '--size=64', '--steps=1', '--warmup=0', '--peer=torchvision', '--json',
-                              JAX_COMPILATION_CACHE_DIR=str(tmp_path)))
+                              JAX_COMPILATION_CACHE_DIR=str(tmp_path), **ONE_DEVICE))
   assert record['peer'] == 'torchvision' and record['train_images_per_sec'] > 0
   assert 0 < record['mfu'] < 1
 

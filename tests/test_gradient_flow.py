@@ -158,6 +158,20 @@ def test_records_hold_total_equals_main_plus_weighted_aux_in_norms_and_cosines()
       float(np.sqrt(sum(np.sum(np.square(p)) for p in jax.tree.leaves(stem_params)))), rel=1e-5)
 
 
+def test_the_next_seed_of_a_run_reuses_the_probes_compiled_measurement(tmp_path):
+  from inception_jax import data
+  spec = data.ImageSpec(size=12)
+
+  def flow(name, model=TinyAux(), smoothing=0.1, seed=0):
+    return gradient_flow.GradientFlow(model, spec, 1, str(tmp_path / name), smoothing=smoothing,
+                                      aux_weight=AUX_WEIGHT, seed=seed, time_overhead=False)
+
+  first = flow('seed0')
+  assert flow('seed1', seed=1).probe is first.probe   # an equal model: the same jitted function
+  assert flow('other', smoothing=0.0).probe is not first.probe
+  assert flow('two_heads', model=TinyAux(aux_names=('aux1', 'aux2'))).probe is not first.probe
+
+
 def test_records_per_head_and_block(setup):
   model, variables, x, labels = setup
   names = list(blocks.block_structure(model, 12).order)

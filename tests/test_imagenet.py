@@ -11,7 +11,7 @@ import tarfile
 
 import pytest
 
-from conftest import ILSVRC_SYNSETS, ROOT, run_module, write_ilsvrc_tars
+from conftest import ILSVRC_SYNSETS, ONE_DEVICE, ROOT, run_module, write_ilsvrc_tars
 
 VAL_IMAGES = 11   # not a multiple of the batch: the last eval batch is padded
 
@@ -24,9 +24,10 @@ LENET = ('--config=v1', '--config.model=lenet', '--config.image_size=32')
 
 
 def _train(data, workdir, preset=V3):
+  # On one device, as a user's CPU is (sharding has tests of its own).
   return run_module('experiments.imagenet', *preset, f'--config.data_dir={data}', f'--workdir={workdir}',
                     '--config.total_steps=2', '--config.batch_size=8', '--config.eval_batch_size=8',
-                    '--config.log_every_steps=1', cwd=ROOT, timeout=900)
+                    '--config.log_every_steps=1', cwd=ROOT, timeout=900, **ONE_DEVICE)
 
 
 def _prepared_files(data):

@@ -163,6 +163,25 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, fash
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+def test_the_next_seed_in_the_same_process_reuses_the_steps_and_trains_as_a_fresh_run(tmp_path, fashion_dir):
+  def run(name, **overrides):
+    results = train.train_and_evaluate(tiny_config(fashion_dir, **overrides), str(tmp_path / name))
+    (steps,) = [jitted for _, jitted in train._last_steps.values()]
+    params = checkpoint.Checkpointer(str(tmp_path / name)).manager.restore(4)['params']
+    return results, steps, params
+
+  _, first, _ = run('seed0', seed=0)
+  reused, steps, params = run('seed1', seed=1)
+  assert steps is first   # the seed alone differs: nothing traced or compiled again
+  train._last_steps.clear()
+  fresh, steps, fresh_params = run('seed1_fresh', seed=1)
+  assert steps is not first and reused == fresh
+  jax.tree.map(np.testing.assert_array_equal, params, fresh_params)
+  # Any other difference is a step of its own.
+  _, other, _ = run('other_lr', seed=1, learning_rate=2e-3)
+  assert other is not steps
+
+
 def _one_step(devices, bn_per_device=False, dtype='float32'):
   """One training step of a small Inception network (BN in every conv) on a fixed global batch of 16, on
   a mesh of `devices`."""

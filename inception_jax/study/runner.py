@@ -130,7 +130,8 @@ def run(study: Study, workdir: str, train_fn: TrainFn | None = None) -> dict[tup
   """Trains every condition × seed of `study` not finished before; returns {(condition, seed): result}.
 
   A result holds the run's final metrics, its `seed`, `condition` and `wall_s` (the seconds of the
-  invocation that finished it: compilation, probe and evaluation included). `train_fn(config, workdir,
+  invocation that finished it: probe and evaluation included, and compilation for the first seed of a
+  condition run in this process; the next seeds reuse its compiled steps). `train_fn(config, workdir,
   make_probe)` defaults to `train.train_and_evaluate`.
   """
   if train_fn is None:
