@@ -160,22 +160,25 @@ def evaluate(jitted: step_lib.JittedSteps, params, batch_stats, batches: data.Ev
 
 # The last run's model and jitted steps. A run in the same process whose config differs from that run's in
 # its seed alone (the seeds and study tools run a condition's seeds one after another) takes them over and
-# skips tracing and compiling its steps again: the seed reaches the steps only as their arguments.
-_last_steps: dict[str, tuple[nn.Module, step_lib.JittedSteps]] = {}
+# skips tracing and compiling its steps again: the seed reaches the steps only as their arguments. The model
+# (its class and fields) and the functions that build the steps are part of the key, so a model or module
+# redefined in between (a notebook's reload) is built afresh.
+_last_steps: dict[tuple, step_lib.JittedSteps] = {}
 
 
 def _model_and_steps(config: ml_collections.ConfigDict, num_classes: int, spec: data.ImageSpec,
                      total_steps: int, steps_per_epoch: int) -> tuple[nn.Module, step_lib.JittedSteps]:
-  key = json.dumps({'config': {**config.to_dict(), 'seed': None}, 'num_classes': num_classes,
-                    'spec': repr(spec), 'total_steps': total_steps, 'steps_per_epoch': steps_per_epoch,
-                    'kernels': kernels.resolve(config.kernels), 'devices': [d.id for d in jax.devices()]},
-                   sort_keys=True, default=repr)
+  model = build_model(config, num_classes)
+  settings = json.dumps({'config': {**config.to_dict(), 'seed': None}, 'num_classes': num_classes,
+                         'spec': repr(spec), 'total_steps': total_steps, 'steps_per_epoch': steps_per_epoch,
+                         'kernels': kernels.resolve(config.kernels),
+                         'devices': [d.id for d in jax.devices()]}, sort_keys=True, default=repr)
+  key = (settings, model, step_lib.JittedSteps, optim.create_optimizer, optim.create_schedule)
   if key not in _last_steps:
-    model = build_model(config, num_classes)
     tx, schedule = build_optimizer(config, total_steps, steps_per_epoch, config.batch_size)
     _last_steps.clear()
-    _last_steps[key] = model, step_lib.JittedSteps(model, tx, schedule, config, spec=spec)
-  return _last_steps[key]
+    _last_steps[key] = step_lib.JittedSteps(model, tx, schedule, config, spec=spec)
+  return model, _last_steps[key]
 
 
 # --- the loop -----------------------------------------------------------------------------------------------

@@ -166,7 +166,7 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, fash
 def test_the_next_seed_in_the_same_process_reuses_the_steps_and_trains_as_a_fresh_run(tmp_path, fashion_dir):
   def run(name, **overrides):
     results = train.train_and_evaluate(tiny_config(fashion_dir, **overrides), str(tmp_path / name))
-    (steps,) = [jitted for _, jitted in train._last_steps.values()]
+    (steps,) = train._last_steps.values()
     params = checkpoint.Checkpointer(str(tmp_path / name)).manager.restore(4)['params']
     return results, steps, params
 
