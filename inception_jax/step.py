@@ -225,6 +225,25 @@ def make_eval_step(model: nn.Module, smoothing: float = 0.0, spec: data.ImageSpe
   return eval_step
 
 
+def make_batch_statistics_step(model: nn.Module, spec: data.ImageSpec | None = None) -> Callable:
+  """`batch_statistics_step(params, batch_stats, batch, rng) -> batch_stats`: every BatchNorm layer's
+  statistics of one training batch at fixed weights, as a training step normalises with them (train
+  mode: each layer sees the layers below it normalised by this batch's own statistics). Averaged over
+  batches they replace the running averages ("precise BN"); `batch_stats` gives only their structure:
+  at momentum 0 a layer's running-average update is the batch's statistics exactly."""
+  # (A model without the field has no BatchNorm: its statistics are an empty tree.)
+  of_the_batch = model.clone(bn_momentum=0.0) if hasattr(model, 'bn_momentum') else model
+
+  def batch_statistics_step(params, batch_stats, batch, rng):
+    batch = model_batch(batch, spec)
+    zeros = jax.tree.map(jnp.zeros_like, batch_stats)
+    _, updates = of_the_batch.apply({'params': params, 'batch_stats': zeros}, batch['image'], train=True,
+                                    rngs={'dropout': rng}, mutable=['batch_stats'])
+    return updates['batch_stats']
+
+  return batch_statistics_step
+
+
 # --- placement on the mesh ------------------------------------------------------------------------------
 
 
@@ -256,6 +275,9 @@ class JittedSteps:
                               donate_argnums=(0,) if config.get('donate_state', True) else ())
     self.eval_step = jax.jit(make_eval_step(model, spec=spec),
                              in_shardings=(self.replicated,) * 2 + (self.sharded,), out_shardings=self.replicated)
+    self.batch_statistics_step = jax.jit(
+        make_batch_statistics_step(model, spec=spec),
+        in_shardings=(self.replicated,) * 2 + (self.sharded, self.replicated), out_shardings=self.replicated)
     self.init = jax.jit(functools.partial(init_state, model, tx, image_size=config.image_size,
                                           ema=bool(config.ema_decay)),
                         out_shardings=self.replicated)

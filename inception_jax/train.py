@@ -14,7 +14,7 @@ import signal
 import tempfile
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import flax
 import flax.linen as nn
@@ -156,6 +156,19 @@ def evaluate(jitted: step_lib.JittedSteps, params, batch_stats, batches: data.Ev
   n = float(sums['count'])
   return {'loss': float(sums['loss']) / n, 'top1': float(sums['top1']) / n, 'top5': float(sums['top5']) / n,
           'count': n}
+
+
+def precise_batch_stats(jitted: step_lib.JittedSteps, params, batch_stats, batches: Iterator[dict],
+                        count: int, rng: jax.Array):
+  """BatchNorm statistics recomputed at fixed weights: each layer's batch means and variances averaged
+  over `count` training batches ("precise BN"), in place of running averages that also remember older
+  weights. `batches` yield local batches as the input pipeline does."""
+  sums = None
+  for i in range(count):
+    stats = jitted.batch_statistics_step(params, batch_stats, jitted.global_batch(next(batches)),
+                                         jax.random.fold_in(rng, i))
+    sums = stats if sums is None else jax.tree.map(jnp.add, sums, stats)
+  return jax.tree.map(lambda total: total / count, sums)
 
 
 # The last run's model and jitted steps. A run in the same process whose config differs from that run's in
@@ -346,6 +359,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     train_eval_data = (data.eval_batches(source, spec, eval_local_batch, split='train')
                        if config.get('eval_train') else None)
 
+  def with_precise_bn(state):
+    """The state with its BN statistics recomputed at its weights over the first `precise_bn_batches`
+    batches of the run's own training stream (its seed, its augmentation)."""
+    if not config.precise_bn_batches or eval_data is None or not jax.tree.leaves(state.batch_stats):
+      return state
+    bn_rng = jax.random.fold_in(rng, 2)  # (init_rng and step_rng are its split)
+
+    def recompute(params, batch_stats):
+      batches = data.train_batches(source, spec, local_batch, seed=config.seed, augment=augment)
+      return precise_batch_stats(jitted, params, batch_stats, batches, config.precise_bn_batches, bn_rng)
+
+    state = state.replace(batch_stats=recompute(state.params, state.batch_stats))
+    if config.ema_decay:
+      state = state.replace(ema_batch_stats=recompute(state.ema_params, state.ema_batch_stats))
+    return state
+
   def run_eval(step):
     if eval_data is None:
       print(f'step {step}: no evaluation of synthetic data', flush=True)
@@ -406,12 +435,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         ckpt.close()
         raise Preempted(f'stopped at step {step} on SIGTERM; checkpoint saved in {ckpt.directory}; '
                         'the same command resumes the run')
+      evaluates = step % eval_every == 0 or step == total_steps
+      if evaluates:  # the checkpoint then holds the statistics evaluated
+        state = with_precise_bn(state)
       if saves or step == total_steps:  # (a final step is a log step: checked above)
         ckpt.save(step, state)
         last_checkpoint = step
-      if step % eval_every == 0 or step == total_steps:
+      if evaluates:
         results = run_eval(step)
-    if start >= total_steps:
+    if start >= total_steps:  # a finished run is evaluated again, as the config now says
+      state = with_precise_bn(state)
       results = run_eval(total_steps)
   finally:
     notice.close()

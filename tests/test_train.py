@@ -5,6 +5,7 @@ import json
 import time
 import os
 import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from inception_jax import checkpoint, data, train
+from inception_jax import checkpoint, data, models, train
 from inception_jax import step as step_lib
 from inception_jax.data import sources
 
@@ -224,6 +225,67 @@ def test_the_pipelines_uint8_pixels_are_normalised_inside_the_steps():
     np.testing.assert_allclose(m_pixels[key], m_floats[key], rtol=1e-5)
   with pytest.raises(ValueError, match='uint8 images need their normalisation'):
     step_lib.JittedSteps(model, tx, schedule, c).train_step(state, as_pixels, rng)
+
+
+def test_precise_bn_statistics_are_what_a_training_step_moves_the_running_averages_towards():
+  c = tiny_config('', image_size=16, batch_size=8, optimizer='sgd', learning_rate=0.1)
+  model = TinyInception(num_classes=10, bn_momentum=0.9)
+  tx, schedule = train.build_optimizer(c, 10, 10, 8)
+  steps = step_lib.JittedSteps(model, tx, schedule, c)
+  state = steps.init(jax.random.key(0))
+  rng = np.random.default_rng(0)
+  local = [{'image': rng.normal(1.0, 2.0, size=(8, 16, 16, 3)).astype(np.float32),
+            'label': rng.integers(0, 10, 8).astype(np.int32)} for _ in range(2)]
+  batches = [steps.global_batch(b) for b in local]
+  key = jax.random.key(1)
+  of_batch = [jax.device_get(steps.batch_statistics_step(state.params, state.batch_stats, b, key))
+              for b in batches]
+  # A training step normalises with the batch's statistics and moves each running average 10% of the
+  # way towards them (momentum 0.9), in every layer, whatever the running averages held before.
+  before = jax.device_get(state.batch_stats)
+  after, _ = steps.train_step(jax.tree.map(jnp.copy, state), batches[0], key)
+  expected = jax.tree.map(lambda old, new: 0.9 * old + 0.1 * new, before, of_batch[0])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               jax.device_get(after.batch_stats), expected)
+  assert len(jax.tree.leaves(before)) >= 10   # the stem, the module's branches, the residual block
+  # Over several batches: the mean of the batches' statistics.
+  precise = train.precise_batch_stats(steps, state.params, state.batch_stats, iter(local), 2, key)
+  jax.tree.map(lambda p, a, b: np.testing.assert_allclose(p, (a + b) / 2, rtol=1e-6),
+               jax.device_get(precise), *of_batch)
+  assert not np.allclose(of_batch[0]['stem']['bn']['mean'], of_batch[1]['stem']['bn']['mean'])
+
+
+def test_precise_bn_evaluates_and_saves_statistics_recomputed_at_the_final_weights(tmp_path, fashion_dir,
+                                                                                  monkeypatch):
+  monkeypatch.setattr(train, 'build_model', lambda config, num_classes: TinyInception(num_classes=num_classes))
+
+  def run(name, precise_bn_batches, **overrides):
+    config = tiny_config(fashion_dir, ema_decay=0.0, precise_bn_batches=precise_bn_batches, **overrides)
+    results = train.train_and_evaluate(config, str(tmp_path / name))
+    return config, results, checkpoint.Checkpointer(str(tmp_path / name)).manager.restore(4)
+
+  _, plain, running = run('plain', 0)
+  config, precise, saved = run('precise', 3)
+  jax.tree.map(np.testing.assert_array_equal, saved['params'], running['params'])   # training as before
+  # The checkpoint holds the statistics of the run's first three training batches at the final weights,
+  # and the evaluation used them.
+  (steps,) = train._last_steps.values()
+  spec = data.ImageSpec.for_model(models.model_info('lenet'), 28, 1.0)
+  stream = data.train_batches(data.create_source('fashion_mnist', fashion_dir), spec, 8, seed=0,
+                              augment=data.TrainAugment(area_range=(1.0, 1.0), aspect_ratio_range=(1.0, 1.0)))
+  recomputed = train.precise_batch_stats(steps, saved['params'], running['batch_stats'], stream, 3,
+                                         jax.random.fold_in(jax.random.key(0), 2))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), saved['batch_stats'],
+               jax.device_get(recomputed))
+  assert not np.allclose(saved['batch_stats']['stem']['bn']['var'], running['batch_stats']['stem']['bn']['var'])
+  evaluated = train.evaluate(steps, saved['params'], saved['batch_stats'],
+                             data.eval_batches(data.create_source('fashion_mnist', fashion_dir), spec, 8))
+  assert precise['eval/loss'] == pytest.approx(evaluated['loss'], rel=1e-6)
+  assert precise['eval/loss'] != plain['eval/loss']
+  # A finished run, run again with precise BN, is evaluated again as the config now says.
+  shutil.copytree(tmp_path / 'plain', tmp_path / 'plain_again')
+  _, again, _ = run('plain_again', 3)
+  assert again == precise
 
 
 @pytest.mark.slow

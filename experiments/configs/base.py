@@ -85,6 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.decoupled_weight_decay = False  # ... or decoupled, applied by the optimizer
   c.label_smoothing = 0.1
   c.aux_weight = 0.4
+  # > 0: before each evaluation, BN statistics are recomputed at the weights over this many training
+  # batches ("precise BN") instead of the running averages; the checkpoint then holds them.
+  c.precise_bn_batches = 0
   c.ema_decay = 0.9999       # Polyak averaging of the weights; 0 turns it off
   c.ema_warmup = True        # TF's num_updates: decay min(ema_decay, (1+step)/(10+step))
   # A step whose input, loss or gradients hold a NaN or an infinity changes nothing; the run then stops
