@@ -255,6 +255,7 @@ def test_precise_bn_statistics_are_what_a_training_step_moves_the_running_averag
   assert not np.allclose(of_batch[0]['stem']['bn']['mean'], of_batch[1]['stem']['bn']['mean'])
 
 
+@pytest.mark.slow
 def test_precise_bn_evaluates_and_saves_statistics_recomputed_at_the_final_weights(tmp_path, fashion_dir,
                                                                                   monkeypatch):
   monkeypatch.setattr(train, 'build_model', lambda config, num_classes: TinyInception(num_classes=num_classes))
