@@ -296,6 +296,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       raise ValueError(f'{key} must be a positive integer, got {config[key]!r}')
     if value % jax.device_count():
       raise ValueError(f'{key} {value} is not divisible by the {jax.device_count()} devices')
+  if not isinstance(config.precise_bn_batches, int) or config.precise_bn_batches < 0:
+    raise ValueError(f'precise_bn_batches must be 0 (off) or a positive number of batches, '
+                     f'got {config.precise_bn_batches!r}')
   local_batch = config.batch_size // process_count
   eval_local_batch = (config.eval_batch_size or config.batch_size) // process_count
 

@@ -287,6 +287,9 @@ def test_precise_bn_evaluates_and_saves_statistics_recomputed_at_the_final_weigh
   shutil.copytree(tmp_path / 'plain', tmp_path / 'plain_again')
   _, again, _ = run('plain_again', 3)
   assert again == precise
+  with pytest.raises(ValueError, match=r'precise_bn_batches must be 0 \(off\) or a positive number of batches, got -1'):
+    run('plain_again', -1)
+  assert checkpoint.Checkpointer(str(tmp_path / 'plain_again')).latest_step() == 4
 
 
 @pytest.mark.slow
