@@ -368,10 +368,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if not config.precise_bn_batches or eval_data is None or not jax.tree.leaves(state.batch_stats):
       return state
     bn_rng = jax.random.fold_in(rng, 2)  # (init_rng and step_rng are its split)
+    stream = data.train_batches(source, spec, local_batch, seed=config.seed, augment=augment)
+    batches = [next(stream) for _ in range(config.precise_bn_batches)]  # read once, for both weight sets
 
     def recompute(params, batch_stats):
-      batches = data.train_batches(source, spec, local_batch, seed=config.seed, augment=augment)
-      return precise_batch_stats(jitted, params, batch_stats, batches, config.precise_bn_batches, bn_rng)
+      return precise_batch_stats(jitted, params, batch_stats, iter(batches), len(batches), bn_rng)
 
     state = state.replace(batch_stats=recompute(state.params, state.batch_stats))
     if config.ema_decay:
