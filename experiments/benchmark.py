@@ -66,6 +66,8 @@ _EXECUTABLE_CACHE = flags.DEFINE_bool(
     "(found without tracing); --noexecutable_cache leaves JAX's own cache alone")
 _DONATE = flags.DEFINE_bool('donate', True, 'the train step writes the new state into the old one\'s buffers '
                             '(config key donate_state); --nodonate measures what that saves')
+_WEIGHT_NORMS = flags.DEFINE_bool('weight_norms', True, "the step also logs the weights' and the update's norms "
+                                  '(config key log_weight_norms); --noweight_norms measures what they cost')
 _JSON = flags.DEFINE_bool('json', False, 'end with one JSON line')
 
 
@@ -131,6 +133,7 @@ def main(argv: list[str]) -> int:
   c.remat = _REMAT.value
   c.kernels = _KERNELS.value
   c.donate_state = _DONATE.value
+  c.log_weight_norms = _WEIGHT_NORMS.value
   cache = cli.enable_compilation_cache()
   if _MAX_BATCH.value:
     return report_largest_batch(c)
@@ -152,6 +155,7 @@ def main(argv: list[str]) -> int:
   record = {
       'model': c.model, 'peer': peer, 'batch': c.batch_size, 'size': c.image_size, 'dtype': c.dtype,
       'aux': bool(c.aux_logits), 'remat': c.remat, 'kernels': kernels.resolve(c.kernels), 'donate': c.donate_state,
+      'weight_norms': c.log_weight_norms,
       'devices': jax.device_count(), 'platform': jax.devices()[0].platform,
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'device_kind': jax.devices()[0].device_kind,

@@ -134,6 +134,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
   uint8 images are normalised by `spec` (`model_batch`)."""
   loss_fn = make_loss_fn(model, config)
   squared_norms = kernels.get(config.kernels).squared_norms
+  # The weights' and the update's norms each take a pass over every weight that nothing else needs (the
+  # update's also keeps the update as an array of its own): free on an accelerator, not on a CPU.
+  weight_norms = config.get('log_weight_norms', True)
 
   def l2(tree) -> jax.Array:
     return jnp.sqrt(jnp.sum(squared_norms(tree)))
@@ -165,7 +168,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         decay = optim.ema_decay_at(state.step, config.ema_decay) if config.ema_warmup else config.ema_decay
         ema_params = optim.ema_update(ema_params, params, decay)
         ema_batch_stats = optim.ema_update(ema_batch_stats, batch_stats, decay)
-      return Weights(params, batch_stats, opt_state, ema_params, ema_batch_stats), l2(updates)
+      l2_updates = l2(updates) if weight_norms else jnp.zeros((), jnp.float32)
+      return Weights(params, batch_stats, opt_state, ema_params, ema_batch_stats), l2_updates
 
     def keep(grads, batch_stats) -> tuple[Weights, jax.Array]:
       del grads, batch_stats
@@ -188,8 +192,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         quantities=jnp.where(first, jnp.sum(~finite, dtype=jnp.int32), record.quantities))
     new_state = state.replace(step=state.step + 1, nonfinite=record.stored(), **weights._asdict())
     metrics = {'loss': loss, **{f'loss_{k}': v for k, v in parts.items()}, 'top1': top1,
-               'learning_rate': schedule(state.step), 'l2_grads': jnp.sqrt(jnp.sum(grad_norms)),
-               'l2_params': l2(weights.params), 'l2_updates': l2_updates}
+               'learning_rate': schedule(state.step), 'l2_grads': jnp.sqrt(jnp.sum(grad_norms))}
+    if weight_norms:
+      metrics.update(l2_params=l2(weights.params), l2_updates=l2_updates)
     return new_state, metrics
 
   return train_step

@@ -20,9 +20,10 @@ def _record(result):
 
 
 def test_prints_finite_numbers_and_a_json_last_line(tmp_path):
-  record = _record(run_module('experiments.benchmark', *TINY, JAX_COMPILATION_CACHE_DIR=str(tmp_path)))
+  record = _record(run_module('experiments.benchmark', *TINY, '--noweight_norms',
+                              JAX_COMPILATION_CACHE_DIR=str(tmp_path)))
   assert {'model', 'batch', 'size', 'train_images_per_sec', 'infer_images_per_sec', 'compile_s', 'mfu'} <= set(record)
-  assert (record['model'], record['batch'], record['size']) == ('lenet', 8, 32)
+  assert (record['model'], record['batch'], record['size'], record['weight_norms']) == ('lenet', 8, 32, False)
   for key in ('train_images_per_sec', 'infer_images_per_sec', 'compile_s', 'step_ms', 'flops_per_step',
               'peak_flops'):
     assert math.isfinite(record[key]) and record[key] > 0, key

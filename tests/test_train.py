@@ -227,6 +227,36 @@ def test_the_pipelines_uint8_pixels_are_normalised_inside_the_steps():
     step_lib.JittedSteps(model, tx, schedule, c).train_step(state, as_pixels, rng)
 
 
+def test_without_weight_norms_a_step_trains_the_same_and_logs_the_rest():
+  # With log_weight_norms the step also reports the global norms of the weights it leaves and of the update
+  # it applied; without, the weights, statistics and optimizer state it leaves are the same to the bit.
+  model = TinyInception(num_classes=10)
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.normal(size=(8, 16, 16, 3)).astype(np.float32),
+           'label': rng.integers(0, 10, 8).astype(np.int32)}
+  results = {}
+  for norms in (True, False):
+    c = tiny_config('', image_size=16, batch_size=8, clip_norm=1.0, learning_rate=0.01, log_weight_norms=norms)
+    tx, schedule = train.build_optimizer(c, 10, 10, 8)
+    steps = step_lib.JittedSteps(model, tx, schedule, c)
+    before = steps.init(jax.random.key(0))
+    kept = jax.device_get(before.params)   # the step donates its state
+    after, metrics = steps.train_step(before, steps.global_batch(batch), jax.random.key(1))
+    results[norms] = kept, jax.device_get(after), jax.device_get(metrics)
+  (kept, on, with_norms), (_, off, without) = results[True], results[False]
+  assert set(with_norms) - set(without) == {'l2_params', 'l2_updates'}
+  assert set(without) <= set(with_norms) and 'l2_grads' in without
+  for key in without:
+    np.testing.assert_array_equal(with_norms[key], without[key])
+  for tree in ('params', 'batch_stats', 'opt_state'):
+    jax.tree.map(np.testing.assert_array_equal, getattr(on, tree), getattr(off, tree))
+  norm = lambda tree: np.sqrt(sum(np.sum(np.square(np.float64(x))) for x in jax.tree.leaves(tree)))
+  np.testing.assert_allclose(with_norms['l2_params'], norm(on.params), rtol=1e-5)
+  moved = jax.tree.map(lambda new, old: np.float64(new) - np.float64(old), on.params, kept)
+  np.testing.assert_allclose(with_norms['l2_updates'], norm(moved), rtol=1e-3)
+  assert float(with_norms['l2_updates']) > 0
+
+
 def test_precise_bn_statistics_are_what_a_training_step_moves_the_running_averages_towards():
   c = tiny_config('', image_size=16, batch_size=8, optimizer='sgd', learning_rate=0.1)
   model = TinyInception(num_classes=10, bn_momentum=0.9)

@@ -93,6 +93,9 @@ def get_config() -> ml_collections.ConfigDict:
   # A step whose input, loss or gradients hold a NaN or an infinity changes nothing; the run then stops
   # with an error naming it (at the next log step or checkpoint), or with this goes on and counts them.
   c.skip_nonfinite_steps = False
+  # train/l2_params and train/l2_updates, the weights' and the step's update's global norms, logged as
+  # train/l2_grads always is; off, the step skips two passes over the weights (on a CPU, a few percent).
+  c.log_weight_norms = True
   c.seed = 0
   return c
 
