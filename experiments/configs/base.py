@@ -94,7 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
   # with an error naming it (at the next log step or checkpoint), or with this goes on and counts them.
   c.skip_nonfinite_steps = False
   # train/l2_params and train/l2_updates, the weights' and the step's update's global norms, logged as
-  # train/l2_grads always is; off, the step skips two passes over the weights (on a CPU, a few percent).
+  # train/l2_grads always is; off, the step skips two passes over the weights (docs/performance.md).
   c.log_weight_norms = True
   c.seed = 0
   return c

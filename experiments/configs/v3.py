@@ -62,6 +62,6 @@ def fashion_mnist(c):
   # Under one epoch nothing is overfitted (training and test top-1 end level): dropout only slows the
   # fit. Over seeds with and without it: docs/recipes.md.
   c.model_overrides.dropout_rate = 0.0
-  # The weights' and the update's norms cost two passes over the weights each step, ~5% of a CPU step;
-  # train/l2_grads is still logged.
+  # The weights' and the update's norms cost two passes over the weights each step (what that is on a CPU:
+  # docs/performance.md); train/l2_grads is still logged.
   c.log_weight_norms = False
