@@ -299,6 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if not isinstance(config.precise_bn_batches, int) or config.precise_bn_batches < 0:
     raise ValueError(f'precise_bn_batches must be 0 (off) or a positive number of batches, '
                      f'got {config.precise_bn_batches!r}')
+  autotune = data.input_autotune(config.input_autotune)
   local_batch = config.batch_size // process_count
   eval_local_batch = (config.eval_batch_size or config.batch_size) // process_count
 
@@ -356,10 +357,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                 flip=config.augment.flip, color_distort=config.augment.color_distort)
     # Batches are put on the devices two steps ahead, so the copy overlaps the step before.
     train_iter = data.prefetch_to_devices(
-        data.train_batches(source, spec, local_batch, seed=config.seed, start_step=start, augment=augment),
+        data.train_batches(source, spec, local_batch, seed=config.seed, start_step=start, augment=augment,
+                           autotune=autotune),
         jitted.global_batch)
-    eval_data = data.eval_batches(source, spec, eval_local_batch)
-    train_eval_data = (data.eval_batches(source, spec, eval_local_batch, split='train')
+    eval_data = data.eval_batches(source, spec, eval_local_batch, autotune=autotune)
+    train_eval_data = (data.eval_batches(source, spec, eval_local_batch, split='train', autotune=autotune)
                        if config.get('eval_train') else None)
 
   def with_precise_bn(state):
@@ -368,7 +370,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if not config.precise_bn_batches or eval_data is None or not jax.tree.leaves(state.batch_stats):
       return state
     bn_rng = jax.random.fold_in(rng, 2)  # (init_rng and step_rng are its split)
-    stream = data.train_batches(source, spec, local_batch, seed=config.seed, augment=augment)
+    stream = data.train_batches(source, spec, local_batch, seed=config.seed, augment=augment, autotune=autotune)
     batches = [next(stream) for _ in range(config.precise_bn_batches)]  # read once, for both weight sets
 
     def recompute(params, batch_stats):

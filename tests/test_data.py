@@ -331,6 +331,26 @@ def test_train_stream_is_deterministic_for_a_seed_and_resumes_at_a_step(fashion_
     np.testing.assert_array_equal(a['label'], b['label'])
 
 
+def test_autotuning_changes_the_pipelines_speed_not_their_batches(fashion_dir):
+  src = data.create_source('fashion_mnist', fashion_dir)
+  tuned, fixed = (data.train_batches(src, SPEC, 8, seed=5, autotune=a) for a in (True, False))
+  for _ in range(6):  # more than an epoch of the 40 images
+    a, b = next(tuned), next(fixed)
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+  for a, b in zip(*(data.eval_batches(src, SPEC, 8, autotune=a) for a in (True, False)), strict=True):
+    for key in ('image', 'label', 'mask'):
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_input_autotune_is_off_on_the_cpu_backend_unless_asked_for():
+  assert jax.default_backend() == 'cpu'
+  assert data.input_autotune('auto') is False
+  assert data.input_autotune('on') is True and data.input_autotune('off') is False
+  with pytest.raises(ValueError, match="input_autotune must be one of 'auto', 'on', 'off', got 'yes'"):
+    data.input_autotune('yes')
+
+
 def test_train_epochs_are_reshuffled(fashion_dir):
   src = data.create_source('fashion_mnist', fashion_dir)
   it = data.train_batches(src, SPEC, 40, augment=WHOLE, seed=0)

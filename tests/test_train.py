@@ -99,6 +99,20 @@ def test_the_callers_config_is_left_as_it_was(tmp_path, fashion_dir):
   assert json.load(open(tmp_path / 'run' / 'config.json'))['image_size'] == 28   # LeNet's
 
 
+def test_on_the_cpu_backend_a_runs_input_pipelines_are_not_autotuned(tmp_path, fashion_dir, monkeypatch):
+  """input_autotune 'auto' (the default): tf.data's tuning would compete with the step for the cores."""
+  asked = []
+  for name in ('train_batches', 'eval_batches'):
+    def record(*args, real=getattr(data, name), name=name, **kwargs):
+      asked.append((name, kwargs['autotune']))
+      return real(*args, **kwargs)
+    monkeypatch.setattr(data, name, record)
+  monkeypatch.setattr(train, 'build_model', lambda config, num_classes: TinyInception(num_classes=num_classes))
+  train.train_and_evaluate(tiny_config(fashion_dir, precise_bn_batches=1, eval_train=True), str(tmp_path / 'run'))
+  # The training stream, precise BN's stream, the evaluation of the test and of the training images.
+  assert sorted(asked) == [('eval_batches', False)] * 2 + [('train_batches', False)] * 2
+
+
 def test_synthetic_data_trains_on_device_batches_without_an_input_pipeline(tmp_path, monkeypatch):
   from inception_jax import data
   monkeypatch.setattr(data, 'create_source', lambda *a, **k: pytest.fail('synthetic data read a source'))
@@ -349,6 +363,7 @@ def _cli(*args, cwd=ROOT, **env):
     (['--config=v9'], "unknown preset 'v9'; valid presets:"),
     (['--config=v3', '--config.batch_size=12'], 'batch_size 12 is not divisible by the 8 devices'),
     (['--config=v3', '--config.batch_size=0'], 'batch_size must be a positive integer, got 0'),
+    (['--config=v3', '--config.input_autotune=yes'], "input_autotune must be one of 'auto', 'on', 'off'"),
 ])
 def test_config_errors_are_one_clear_line(tmp_path, args, message):
   result = _cli(*args, f'--workdir={tmp_path}/w')

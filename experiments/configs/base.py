@@ -37,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data_dir = ''            # '' : the source's default location
   c.holdout_fraction = 0.1   # ImageFolder without val/: fraction of each class held out
   c.skip_corrupt_images = False  # ImageFolder: leave undecodable files out (one warning) rather than stop
+  # tf.data's tuning of the input pipelines as they run: 'on', 'off', or 'auto' (off on the CPU backend,
+  # where the pipeline shares the cores with the step; on elsewhere). The batches are the same either way.
+  c.input_autotune = 'auto'
   c.train_examples = 0       # > 0: train on the first N training examples only (the same N for every seed)
   c.eval_examples = 0        # > 0: evaluate on the first N evaluation examples only
   c.eval_train = False       # also evaluate on the training examples (no augmentation): eval_train/*

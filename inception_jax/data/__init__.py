@@ -8,8 +8,8 @@ has JAX and no TensorFlow (an accelerator image, say).
 import importlib
 import os
 
-from inception_jax.data.device import (SYNTHETIC_CLASSES, SYNTHETIC_EPOCH, ImageSpec, prefetch_to_devices,
-                                       synthetic_batches)
+from inception_jax.data.device import (INPUT_AUTOTUNE, SYNTHETIC_CLASSES, SYNTHETIC_EPOCH, ImageSpec,
+                                       input_autotune, prefetch_to_devices, synthetic_batches)
 
 # Name -> the module that defines it, for the parts that need TensorFlow.
 _ON_TENSORFLOW = {
@@ -18,9 +18,9 @@ _ON_TENSORFLOW = {
     'Source': 'sources', 'VALID_SOURCES': 'sources', 'create_source': 'sources', 'subset': 'sources',
 }
 
-__all__ = ['EvalBatches', 'ImageSpec', 'SYNTHETIC_CLASSES', 'SYNTHETIC_EPOCH', 'Source', 'TrainAugment',
-           'VALID_SOURCES', 'create_source', 'eval_batches', 'prefetch_to_devices', 'synthetic_batches',
-           'train_batches', 'subset', 'check_num_classes']
+__all__ = ['EvalBatches', 'INPUT_AUTOTUNE', 'ImageSpec', 'SYNTHETIC_CLASSES', 'SYNTHETIC_EPOCH', 'Source',
+           'TrainAugment', 'VALID_SOURCES', 'create_source', 'eval_batches', 'input_autotune',
+           'prefetch_to_devices', 'synthetic_batches', 'train_batches', 'subset', 'check_num_classes']
 
 
 def import_tensorflow():

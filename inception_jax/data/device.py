@@ -1,5 +1,6 @@
-"""What reaches the devices: how images are specified, batches put on the devices ahead of the step, and
-synthetic batches made on the devices.
+"""What reaches the devices: how images are specified, batches put on the devices ahead of the step,
+synthetic batches made on the devices, and whether the host's input pipeline tunes itself (which depends
+on where the step runs).
 
 Nothing here needs TensorFlow, so a host without it (an accelerator image with JAX alone) can run the
 training loop and the benchmarks on synthetic data.
@@ -69,6 +70,22 @@ def prefetch_to_devices(batches: Iterator[Batch], put: Callable[[Batch], Any], s
   while queue:
     yield queue.popleft()
     enqueue(1)
+
+
+INPUT_AUTOTUNE = ('auto', 'on', 'off')
+
+
+def input_autotune(setting: str) -> bool:
+  """Whether tf.data tunes the input pipelines as they run (the config's `input_autotune`).
+
+  'auto' is off on the CPU backend and on elsewhere. On the CPU the pipeline shares the cores with the
+  step, tuning did not make the step faster, and its thread has held the end of a run for up to a minute
+  (docs/performance.md, "tf.data's tuning beside a CPU step"); beside an accelerator the host's cores are
+  the pipeline's, which tuning is for. The batches are the same either way.
+  """
+  if setting not in INPUT_AUTOTUNE:
+    raise ValueError(f'input_autotune must be one of {", ".join(map(repr, INPUT_AUTOTUNE))}, got {setting!r}')
+  return jax.default_backend() != 'cpu' if setting == 'auto' else setting == 'on'
 
 
 def synthetic_batches(spec: ImageSpec, batch_size: int, num_classes: int, *, seed: int = 0,

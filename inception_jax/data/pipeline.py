@@ -22,17 +22,19 @@ from inception_jax.data.sources import Source
 tf = import_tensorflow()
 
 
-def _options() -> tf.data.Options:
+def _options(autotune: bool) -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
-  options.autotune.enabled = True
+  # Off, each AUTOTUNE parallelism stays at tf.data's start value (the schedulable cores, at most 16) and
+  # a prefetch buffer grows only when its consumer waits; no tuning thread runs (`data.input_autotune`).
+  options.autotune.enabled = autotune
   return options
 
 
 def train_batches(source: Source, spec: ImageSpec, batch_size: int, *, seed: int = 0, start_step: int = 0,
                   augment: preprocess.TrainAugment = preprocess.TrainAugment(),
                   process_index: int | None = None, process_count: int | None = None,
-                  shuffle_buffer: int = 16_384) -> Iterator[Batch]:
+                  shuffle_buffer: int = 16_384, autotune: bool = True) -> Iterator[Batch]:
   """An endless stream of augmented training batches for this process.
 
   Args:
@@ -43,6 +45,8 @@ def train_batches(source: Source, spec: ImageSpec, batch_size: int, *, seed: int
     start_step: batches to skip, so a resumed run continues where it stopped.
     augment: the random-crop / flip / colour settings.
     process_index, process_count: this process's shard (default: jax's).
+    autotune: whether tf.data tunes the pipeline's parallelism and buffers as it runs (the batches are
+      the same either way).
 
   Yields:
     {'image': uint8 [B, S, S, 3], 'label': int32 [B]}.
@@ -66,7 +70,7 @@ def train_batches(source: Source, spec: ImageSpec, batch_size: int, *, seed: int
     return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
 
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(_options())
+  ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(_options(autotune))
   return ds.as_numpy_iterator()
 
 
@@ -92,9 +96,11 @@ class EvalBatches:
 
 
 def eval_batches(source: Source, spec: ImageSpec, batch_size: int, *, split: str = 'eval',
-                 process_index: int | None = None, process_count: int | None = None) -> EvalBatches:
+                 process_index: int | None = None, process_count: int | None = None,
+                 autotune: bool = True) -> EvalBatches:
   """Central-crop evaluation batches {'image', 'label', 'mask'} of `split` ('eval', or 'train' for the
-  training images as the evaluation sees them: no augmentation); padded examples have mask False."""
+  training images as the evaluation sees them: no augmentation); padded examples have mask False.
+  `autotune` as for `train_batches`."""
   check_batch_size(batch_size)
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
@@ -113,4 +119,4 @@ def eval_batches(source: Source, spec: ImageSpec, batch_size: int, *, split: str
       'label': tf.constant(0, tf.int32),
       'mask': tf.constant(False)}).repeat(pad)
   ds = ds.concatenate(padding).batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return EvalBatches(ds.with_options(_options()), num_batches, shard.num_examples, shard.total_examples)
+  return EvalBatches(ds.with_options(_options(autotune)), num_batches, shard.num_examples, shard.total_examples)
