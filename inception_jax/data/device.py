@@ -79,9 +79,9 @@ def input_autotune(setting: str) -> bool:
   """Whether tf.data tunes the input pipelines as they run (the config's `input_autotune`).
 
   'auto' is off on the CPU backend and on elsewhere. On the CPU the pipeline shares the cores with the
-  step, tuning did not make the step faster, and its thread has held the end of a run for up to a minute
-  (docs/performance.md, "tf.data's tuning beside a CPU step"); beside an accelerator the host's cores are
-  the pipeline's, which tuning is for. The batches are the same either way.
+  step, tuning did not make the step faster, and its thread has held up the end of runs (docs/performance.md,
+  "tf.data's tuning beside a CPU step"); beside an accelerator the host's cores are the pipeline's, which
+  tuning is for. The batches are the same either way.
   """
   if setting not in INPUT_AUTOTUNE:
     raise ValueError(f'input_autotune must be one of {", ".join(map(repr, INPUT_AUTOTUNE))}, got {setting!r}')

@@ -25,8 +25,8 @@ tf = import_tensorflow()
 def _options(autotune: bool) -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
-  # Off, each AUTOTUNE parallelism stays at tf.data's start value (the schedulable cores, at most 16) and
-  # a prefetch buffer grows only when its consumer waits; no tuning thread runs (`data.input_autotune`).
+  # Off, each AUTOTUNE parallelism stays where tf.data starts it and a prefetch buffer grows only when its
+  # consumer waits; no tuning thread runs (`data.input_autotune`).
   options.autotune.enabled = autotune
   return options
 
