@@ -100,7 +100,8 @@ def test_the_callers_config_is_left_as_it_was(tmp_path, fashion_dir):
 
 
 def test_on_the_cpu_backend_a_runs_input_pipelines_are_not_autotuned(tmp_path, fashion_dir, monkeypatch):
-  """input_autotune 'auto' (the default): tf.data's tuning would compete with the step for the cores."""
+  """input_autotune 'auto' (the default): on the CPU tuning bought the step nothing, and its thread has
+  held up the end of runs (docs/performance.md)."""
   asked = []
   for name in ('train_batches', 'eval_batches'):
     def record(*args, real=getattr(data, name), name=name, **kwargs):
