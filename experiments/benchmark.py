@@ -86,13 +86,13 @@ def config_for(model: str, batch: int, size: int | None, dtype: str, aux: bool |
 
 def benchmark_ours(c, steps: int, warmup: int, num_classes: int = 1000,
                    executables: str | None = None, trace_dir: str | None = None) -> dict:
-  import jax
   from inception_jax import step_timing
   out = step_timing.measure_train_step(c, steps, warmup, num_classes=num_classes, executables=executables,
                                       trace_dir=trace_dir)
   model, steps_, state, batch = out['model'], out['steps'], out['state'], out['batch']
-  forward = jax.jit(lambda p, s, x: model.apply({'params': p, 'batch_stats': s}, x, train=False).logits,
-                    in_shardings=(steps_.replicated, steps_.replicated, steps_.sharded))
+  forward = model.kernels.jit(
+      lambda p, s, x: model.apply({'params': p, 'batch_stats': s}, x, train=False).logits,
+      in_shardings=(steps_.replicated, steps_.replicated, steps_.sharded))
   infer = forward.lower(state.params, state.batch_stats, batch['image']).compile()
   out['infer_s'] = step_timing.time_calls(
       lambda: infer(state.params, state.batch_stats, batch['image']).block_until_ready(), steps, warmup)

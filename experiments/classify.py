@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
   model = pretrained.create_model()
   names = imagenet_class_names() if pretrained.num_classes == 1000 else [
       f'class {i}' for i in range(pretrained.num_classes)]
-  predict = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False).logits))
+  predict = model.kernels.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False).logits))
   for path in images:
     try:
       pixels = preprocess.eval_image(tf.constant(tf.io.read_file(path)), info.input_size, info.crop_pct,

@@ -43,7 +43,8 @@ def relative_errors(model_name: str, size: int, batch: int, aux: bool, kernels: 
                            rngs={'dropout': jax.random.key(2)}, mutable=['batch_stats'])
       return losses.total_loss(out.logits, out.aux_logits, labels, smoothing=0.1, aux_weight=0.4)[0]
 
-    return [np.asarray(g, np.float64) for g in jax.tree.leaves(jax.jit(jax.grad(loss))(variables['params']))]
+    grads = model.kernels.jit(jax.grad(loss))(variables['params'])
+    return [np.asarray(g, np.float64) for g in jax.tree.leaves(grads)]
 
   with jax.enable_x64(True):
     exact, rounded = gradient(jnp.float64), gradient(jnp.float32)

@@ -5,7 +5,8 @@ are computed.
   `clip_by_global_norm` and one reduction per array: what every backend runs well, and what GPUs and TPUs
   get.
 - `cpu`: the formulations of `inception_jax.xla_cpu`, which XLA:CPU runs and compiles faster (the
-  benchmark's `--kernels` flag measures the difference).
+  benchmark's `--kernels` flag measures the difference), compiled with XLA's own convolutions instead of
+  the YNNPACK library's (`compiler_options`).
 - `gpu`: `lax`, but a BatchNorm whose normalisation runs in the compute dtype (`inception_jax.xla_gpu`): a
   bfloat16 network's activations stay bfloat16 outside the statistics. A lever for accelerators, measured
   against `lax` by the accelerator check before `auto` may pick it.
@@ -53,6 +54,7 @@ class Kernels:
     batch_norm: a module with `flax.linen.BatchNorm`'s fields, variables and results.
     squared_norms: a pytree's per-leaf sums of squares, in leaf order (the step's norms and NaN check).
     clip_by_global_norm: optax's transformation of that name, or one computing the same.
+    compiler_options: XLA options for every program that runs the model (`jit`), as (name, value) pairs.
   """
   name: str
   conv_general_dilated: Callable[..., jax.Array]
@@ -60,13 +62,23 @@ class Kernels:
   batch_norm: type[nn.Module]
   squared_norms: Callable[[Any], jax.Array]
   clip_by_global_norm: Callable[[float], optax.GradientTransformation]
+  compiler_options: tuple[tuple[str, str], ...] = ()
+
+  def jit(self, fun: Callable, **kwargs) -> Callable:
+    """`jax.jit(fun, **kwargs)`, compiled with this setting's `compiler_options`."""
+    return jax.jit(fun, compiler_options=dict(self.compiler_options) or None, **kwargs)
 
 
 # The lax max pool is plain lax.reduce_window; xla_cpu's own forward pass is the same function.
 LAX = Kernels('lax', lax.conv_general_dilated, xla_cpu.reduce_window_max, nn.BatchNorm, _squared_norms,
               optax.clip_by_global_norm)
+# XLA:CPU hands convolutions, matrix products and reductions to the YNNPACK library by default; its own
+# convolutions make the embedded default's training step ~15% cheaper and no other measured shape slower
+# (docs/performance.md). Products and reductions stay with the library, which does them better.
+CPU_COMPILER_OPTIONS = (('xla_cpu_experimental_ynn_fusion_type', 'LIBRARY_FUSION_TYPE_DOT,'
+                         'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'),)
 CPU = Kernels('cpu', xla_cpu.conv_general_dilated, xla_cpu.max_pool, xla_cpu.BatchNorm, xla_cpu.squared_norms,
-              xla_cpu.clip_by_global_norm)
+              xla_cpu.clip_by_global_norm, CPU_COMPILER_OPTIONS)
 GPU = dataclasses.replace(LAX, name='gpu', batch_norm=xla_gpu.BatchNorm)
 _BY_NAME = {'lax': LAX, 'cpu': CPU, 'gpu': GPU}
 

@@ -275,17 +275,18 @@ class JittedSteps:
                            check_vma=False)
     else:
       step = make_train_step(model, tx, schedule, config, spec=spec)
-    self.train_step = jax.jit(step, in_shardings=(self.replicated, self.sharded, self.replicated),
-                              out_shardings=(self.replicated, self.replicated),
-                              donate_argnums=(0,) if config.get('donate_state', True) else ())
-    self.eval_step = jax.jit(make_eval_step(model, spec=spec),
-                             in_shardings=(self.replicated,) * 2 + (self.sharded,), out_shardings=self.replicated)
-    self.batch_statistics_step = jax.jit(
+    jit = model.kernels.jit   # every program that runs the model compiles with the setting's XLA options
+    self.train_step = jit(step, in_shardings=(self.replicated, self.sharded, self.replicated),
+                          out_shardings=(self.replicated, self.replicated),
+                          donate_argnums=(0,) if config.get('donate_state', True) else ())
+    self.eval_step = jit(make_eval_step(model, spec=spec),
+                         in_shardings=(self.replicated,) * 2 + (self.sharded,), out_shardings=self.replicated)
+    self.batch_statistics_step = jit(
         make_batch_statistics_step(model, spec=spec),
         in_shardings=(self.replicated,) * 2 + (self.sharded, self.replicated), out_shardings=self.replicated)
-    self.init = jax.jit(functools.partial(init_state, model, tx, image_size=config.image_size,
-                                          ema=bool(config.ema_decay)),
-                        out_shardings=self.replicated)
+    self.init = jit(functools.partial(init_state, model, tx, image_size=config.image_size,
+                                      ema=bool(config.ema_decay)),
+                    out_shardings=self.replicated)
 
   def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """A global array from each process's slice of the batch."""

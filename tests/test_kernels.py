@@ -2,7 +2,9 @@
 backend; both compute the same training step."""
 
 import collections
+import dataclasses
 import json
+import re
 
 import flax.linen as nn
 import jax
@@ -102,6 +104,52 @@ def test_the_setting_is_resolved_once_into_the_object_every_layer_takes():
     return _primitives(jax.make_jaxpr(conv.apply)(variables, x).jaxpr)['conv_general_dilated']
 
   assert (convolutions(kernels.LAX), convolutions(kernels.CPU)) == (2, 1)
+
+
+def _convolutions_by_runner(hlo: str) -> dict[str, int]:
+  """An optimised CPU program's convolutions: how many run inside YNNPACK fusions, how many are XLA's own."""
+  bodies = dict(re.findall(r'^(%\S+) \(.*?\{\n(.*?)\n\}', hlo, re.M | re.S))
+  fusions = re.findall(r'kind=kCustom, calls=(%[\w.\-]+).*"__ynn_fusion"', hlo)
+  library = sum(bodies[name].count(' convolution(') for name in fusions)
+  return {'ynnpack': library, 'xla': hlo.count(' convolution(') - library}
+
+
+def test_the_cpu_setting_compiles_xla_s_own_convolutions_where_lax_leaves_them_to_the_library():
+  # XLA:CPU gives convolutions of this size to the YNNPACK library unless its options say otherwise; the
+  # `cpu` setting's programs keep them (a cheaper training step, docs/performance.md).
+  def loss(x, w):
+    y = lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jnp.sum(jnp.square(y))
+
+  x, w = jnp.ones((4, 16, 16, 32)), jnp.ones((3, 3, 32, 32))
+  runners = {k.name: _convolutions_by_runner(k.jit(jax.grad(loss, (0, 1))).lower(x, w).compile().as_text())
+             for k in (kernels.LAX, kernels.CPU)}
+  # Three convolutions each: the forward pass, the input's gradient, the kernel's gradient.
+  assert runners == {'lax': {'ynnpack': 3, 'xla': 0}, 'cpu': {'ynnpack': 0, 'xla': 3}}
+
+
+def test_every_program_of_the_training_steps_compiles_with_the_setting_s_options():
+  # An option XLA does not know fails the compilation of each program that is given it.
+  bad = dataclasses.replace(kernels.CPU, compiler_options=(('xla_no_such_option', '1'),))
+  config = base.get_config()
+  config.image_size = 18
+  model = TinyInception(num_classes=5, kernels=bad)
+  tx, schedule = train.build_optimizer(config, total_steps=10, steps_per_epoch=10, global_batch=8)
+  steps = step_lib.JittedSteps(model, tx, schedule, config, mesh=step_lib.data_mesh(jax.devices()[:1]))
+  state = jax.eval_shape(steps.init, jax.random.key(0))   # traces, compiles nothing
+  batch = {'image': jax.ShapeDtypeStruct((8, 18, 18, 3), jnp.float32),
+           'label': jax.ShapeDtypeStruct((8,), jnp.int32)}
+  programs = {
+      'init': lambda: steps.init.lower(jax.random.key(0)),
+      'train': lambda: steps.train_step.lower(state, batch, jax.random.key(1)),
+      'eval': lambda: steps.eval_step.lower(state.params, state.batch_stats,
+                                            {**batch, 'mask': jax.ShapeDtypeStruct((8,), jnp.bool_)}),
+      'statistics': lambda: steps.batch_statistics_step.lower(state.params, state.batch_stats, batch,
+                                                              jax.random.key(2)),
+  }
+  for name, lower in programs.items():
+    with pytest.raises(Exception, match="No such compile option: 'xla_no_such_option'"):
+      lower().compile()
 
 
 def _step_results(setting):
