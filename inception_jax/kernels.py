@@ -73,7 +73,7 @@ class Kernels:
 LAX = Kernels('lax', lax.conv_general_dilated, xla_cpu.reduce_window_max, nn.BatchNorm, _squared_norms,
               optax.clip_by_global_norm)
 # XLA:CPU hands convolutions, matrix products and reductions to the YNNPACK library by default; its own
-# convolutions make the embedded default's training step ~15% cheaper and no other measured shape slower
+# convolutions make the embedded default's training step cheaper and no other measured shape slower
 # (docs/performance.md). Products and reductions stay with the library, which does them better.
 CPU_COMPILER_OPTIONS = (('xla_cpu_experimental_ynn_fusion_type', 'LIBRARY_FUSION_TYPE_DOT,'
                          'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'),)

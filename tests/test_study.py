@@ -280,7 +280,7 @@ def fashion_64(tmp_path):
 
 # Three of the seven conditions: GoogLeNet without BN with and without its two side heads (the claims that
 # compare them are decided) and Inception-v3 with its BN side head. The other four are the same code with
-# other settings (checked above); each condition's first seed is a compilation of about a minute here.
+# other settings (checked above), and compiling each condition's programs is most of this test's time.
 SMOKE_CONDITIONS = ('inception_v1/no_aux', 'inception_v1/aux', 'inception_v3/bn_aux')
 
 
