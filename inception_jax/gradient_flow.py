@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from inception_jax import losses
+from inception_jax import kernels, losses
 from inception_jax import step as step_lib
 from inception_jax.models import blocks as blocks_lib
 
@@ -159,7 +159,7 @@ def _jitted_probe(model: nn.Module, blocks: tuple[str, ...], smoothing: float, a
   """`make_probe`'s probe, jitted, on the batch as the input pipeline gives it. The last one is kept: the
   next run of the same model (the next seed of a study's condition) skips tracing and compiling it."""
   measure = make_probe(model, list(blocks), smoothing=smoothing, aux_weight=aux_weight)
-  return model.kernels.jit(lambda params, batch_stats, batch, rng: measure(
+  return kernels.of(model).jit(lambda params, batch_stats, batch, rng: measure(
       params, batch_stats, step_lib.model_batch(batch, spec), rng))
 
 
@@ -223,7 +223,7 @@ class GradientFlow:
       return losses.total_loss(out.logits, out.aux_logits, batch['label'], smoothing=self.smoothing,
                                aux_weight=self.aux_weight)[0]
 
-    plain = self.model.kernels.jit(jax.value_and_grad(total_loss))
+    plain = kernels.of(self.model).jit(jax.value_and_grad(total_loss))
 
     def timed(fn):
       jax.block_until_ready(fn())

@@ -101,3 +101,8 @@ def resolve(kernels: str) -> str:
 def get(kernels: str) -> Kernels:
   """The implementations of a setting ('auto' resolved now)."""
   return _BY_NAME[resolve(kernels)]
+
+
+def of(model: nn.Module) -> Kernels:
+  """The setting `model` was built with; `LAX` for a module without the field (one not from the zoo)."""
+  return getattr(model, 'kernels', LAX)

@@ -275,7 +275,7 @@ class JittedSteps:
                            check_vma=False)
     else:
       step = make_train_step(model, tx, schedule, config, spec=spec)
-    jit = model.kernels.jit   # every program that runs the model compiles with the setting's XLA options
+    jit = kernels.of(model).jit   # every program that runs the model compiles with the setting's XLA options
     self.train_step = jit(step, in_shardings=(self.replicated, self.sharded, self.replicated),
                           out_shardings=(self.replicated, self.replicated),
                           donate_argnums=(0,) if config.get('donate_state', True) else ())

@@ -91,7 +91,8 @@ def test_every_model_passes_the_setting_to_every_layer(name):
 
 def test_the_setting_is_resolved_once_into_the_object_every_layer_takes():
   model = models.create_model('xception', kernels='cpu')
-  assert model.kernels is kernels.CPU
+  assert model.kernels is kernels.CPU and kernels.of(model) is kernels.CPU
+  assert kernels.of(nn.Dense(3)) is kernels.LAX   # a module from elsewhere compiles as stock JAX does
   assert models.create_model('xception', kernels=kernels.LAX).kernels is kernels.LAX
   # A separable convolution's two convolutions follow it too: under 'cpu' the 1×1 pointwise one is a
   # matrix product (the depthwise one, grouped, is lax's under both).
